@@ -1,5 +1,45 @@
-"""Data: NIfTI I/O, fetal brain phantoms, MNI152 tissue task, synthetic uncertainty, loaders."""
+"""Data for label-set segmentation: NIfTI I/O, phantoms, MNI tissue task, synthetic uncertainty,
+cohorts with partial annotations, augmentation and a deterministic loader.
 
+Modules:
+
+* :mod:`~labelset_jax.data.nifti`: checked NIfTI loading and atomic saving.
+* :mod:`~labelset_jax.data.phantoms`: procedural fetal brain phantoms (the embedded data set).
+* :mod:`~labelset_jax.data.mni`: the MNI152 4-class tissue task with known expected volumes.
+* :mod:`~labelset_jax.data.synthetic`: binary tasks with known label uncertainty ``q``.
+* :mod:`~labelset_jax.data.datasets`: cases, partially annotated cohorts, CSV manifests, FeTA.
+* :mod:`~labelset_jax.data.transforms`: normalisation, patches and augmentation.
+* :mod:`~labelset_jax.data.loader`: the prefetching, resumable patch loader.
+
+Arrays are channels-last NumPy arrays; label maps hold int32 label ids (SPEC §1).
+"""
+
+from labelset_jax.data.datasets import (
+    FETA_LABELS,
+    FETA_TO_FETAL_BRAIN,
+    MANIFEST_COLUMNS,
+    Case,
+    CaseFile,
+    Cohort,
+    feta_cases,
+    load_cases,
+    phantom_cohort,
+    read_cohort,
+    read_manifest,
+    write_cohort,
+    write_manifest,
+)
+from labelset_jax.data.loader import Loader, case_arrays
+from labelset_jax.data.mni import (
+    MNI_TISSUE,
+    MNICase,
+    MNITissueMaps,
+    expected_volumes_ml,
+    mni152_tissue_maps,
+    mni_cohort,
+    mni_tissue_case,
+    sample_labels,
+)
 from labelset_jax.data.nifti import load_case, load_labels, load_nifti, save_nifti, spacing_of
 from labelset_jax.data.phantoms import (
     MIN_PHANTOM_SIZE,
@@ -8,3 +48,42 @@ from labelset_jax.data.phantoms import (
     phantom_affine,
     phantom_spacing,
 )
+from labelset_jax.data.synthetic import (
+    SyntheticCase,
+    ambiguous_blob_case,
+    boundary_noise_case,
+    independent_blobs_case,
+    noise_free_case,
+)
+from labelset_jax.data.transforms import (
+    AugmentConfig,
+    augment_intensity,
+    augment_patch,
+    brain_mask,
+    extract_patch,
+    foreground_index,
+    random_flip,
+    random_zoom,
+    sample_patch_centre,
+    zscore,
+)
+
+__all__ = [
+    # nifti
+    "load_nifti", "save_nifti", "load_labels", "load_case", "spacing_of",
+    # phantoms
+    "make_phantom", "phantom_affine", "phantom_spacing", "PHANTOM_FOV_MM", "MIN_PHANTOM_SIZE",
+    # mni
+    "MNI_TISSUE", "MNITissueMaps", "MNICase", "mni152_tissue_maps", "mni_tissue_case", "mni_cohort",
+    "expected_volumes_ml", "sample_labels",
+    # synthetic
+    "SyntheticCase", "boundary_noise_case", "ambiguous_blob_case", "independent_blobs_case", "noise_free_case",
+    # datasets
+    "Case", "CaseFile", "Cohort", "phantom_cohort", "write_cohort", "read_cohort", "read_manifest",
+    "write_manifest", "load_cases", "feta_cases", "FETA_LABELS", "FETA_TO_FETAL_BRAIN", "MANIFEST_COLUMNS",
+    # transforms
+    "AugmentConfig", "brain_mask", "zscore", "foreground_index", "sample_patch_centre", "extract_patch",
+    "random_flip", "random_zoom", "augment_intensity", "augment_patch",
+    # loader
+    "Loader", "case_arrays",
+]  # fmt: skip

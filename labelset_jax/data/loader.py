@@ -1,0 +1,327 @@
+"""A deterministic, resumable, prefetching patch loader.
+
+Batch ``b`` is a pure function of ``(seed, b)``:
+
+* the cases form an endless stream, epoch after epoch, each epoch a permutation of the cases drawn
+  from ``SeedSequence([seed, 0, epoch, 0])``; batch ``b`` takes stream positions
+  ``b·B .. b·B + B - 1`` (``B`` the global batch size);
+* sample ``j`` of batch ``b`` is augmented with its own ``Generator`` seeded by
+  ``SeedSequence([seed, 1, b, j])``.
+
+Hence the loader's whole state is the step counter (:meth:`Loader.state_dict`): restoring it
+resumes exactly where an uninterrupted run would be, whatever happened to the prefetch queue, and
+every process of a multi-host job computes consistent slices of the same global batch without any
+communication.
+
+Multi-process (``process_count > 1``): each process yields its *slice* of every global batch,
+samples ``[i·B/P, (i+1)·B/P)`` for process ``i`` of ``P`` (``B`` must be divisible by ``P``), and
+only computes those. Concatenating the slices of all processes in process order gives the global
+batch; with JAX, build the global array with ``jax.make_array_from_process_local_data``.
+
+Example:
+
+>>> from labelset_jax.data.phantoms import make_phantom
+>>> cases = [make_phantom(s, shape=(32, 32, 32)) for s in range(2)]
+>>> with Loader(cases, batch_size=2, patch_size=(16, 16, 16), seed=0) as loader:
+...     image, labels = next(loader)
+...     state = loader.state_dict()
+>>> image.shape, image.dtype, labels.shape, labels.dtype
+((2, 16, 16, 16, 1), dtype('float32'), (2, 16, 16, 16), dtype('int32'))
+>>> state["step"]
+1
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from labelset_jax.data.transforms import AugmentConfig, augment_patch, brain_mask, foreground_index, zscore
+from labelset_jax.labelsets import LabelSpace, validate_labels
+
+__all__ = ["Loader", "case_arrays"]
+
+_STATE_VERSION = 1
+_TAG_PERMUTATION, _TAG_SAMPLE = 0, 1
+
+
+def case_arrays(case: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, labels)`` of a case: an object with ``image``/``labels`` attributes (e.g.
+    :class:`~labelset_jax.data.datasets.Case`, :class:`~labelset_jax.data.mni.MNICase`), an
+    ``(image, labels, ...)`` tuple, or a lazy case with a ``load()`` method."""
+    if hasattr(case, "image") and hasattr(case, "labels"):
+        return np.asarray(case.image), np.asarray(case.labels)
+    if isinstance(case, (tuple, list)) and len(case) >= 2:
+        return np.asarray(case[0]), np.asarray(case[1])
+    if hasattr(case, "load"):
+        return case_arrays(case.load())
+    raise TypeError(f"a case must have image and labels, or be an (image, labels) tuple; got {type(case).__name__}")
+
+
+class _Failure:
+    """An exception raised in the worker thread, passed to the consumer through the queue."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class Loader:
+    """Random training patches of a list of cases, batched, prefetched in a background thread.
+
+    Iterating yields ``(image float32 [B, D, H, W, 1], labels int32 [B, D, H, W])`` NumPy batches
+    forever (``B`` the per-process batch size, ``(D, H, W) = patch_size``). Use it as a context
+    manager or call :meth:`close` to stop the worker thread. An exception in the worker is
+    re-raised by the next ``next()``.
+
+    Preprocessing happens once in the constructor: each image is z-scored inside its brain mask
+    (``labels != 0``, or ``image > mask_threshold``; zero outside), and the foreground voxels are
+    indexed for foreground-biased patches.
+
+    Args:
+      cases: the cases (see :func:`case_arrays`).
+      batch_size: the *global* batch size ``B``.
+      patch_size: the patch shape ``(D, H, W)``; patches larger than a volume are padded (image 0,
+        labels background).
+      seed: a non-negative integer; the batches are a pure function of ``(seed, step)``.
+      augment: ``True`` for the default :class:`~labelset_jax.data.transforms.AugmentConfig`, an
+        ``AugmentConfig``, or ``False`` for plain random patches.
+      foreground_prob: probability of centring a patch on a random non-background label id.
+      prefetch: number of batches computed ahead in the background thread (0: no thread, batches
+        are computed in ``next()``).
+      process_index: this process's index ``i`` (``jax.process_index()``).
+      process_count: the number of processes ``P`` (``jax.process_count()``); ``B % P == 0``.
+      mask_threshold: ``None`` for the brain mask ``labels != 0``, else ``image > mask_threshold``.
+      normalize: z-score the images (``False`` if they are already normalised).
+      space: when given, every label map is checked to hold ids of this label space.
+
+    Raises:
+      ValueError: bad sizes, seeds or process indices, an image/label shape mismatch or invalid
+        label ids (with ``space``).
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Any],
+        *,
+        batch_size: int,
+        patch_size: Sequence[int],
+        seed: int,
+        augment: bool | AugmentConfig = True,
+        foreground_prob: float = 0.33,
+        prefetch: int = 2,
+        process_index: int = 0,
+        process_count: int = 1,
+        mask_threshold: float | None = None,
+        normalize: bool = True,
+        space: LabelSpace | None = None,
+    ):
+        if len(cases) == 0:
+            raise ValueError("the loader needs at least one case")
+        if batch_size < 1 or int(batch_size) != batch_size:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if process_count < 1 or not 0 <= process_index < process_count:
+            raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, {process_count}")
+        if batch_size % process_count:
+            raise ValueError(f"batch_size {batch_size} is not divisible by process_count {process_count}")
+        if int(seed) != seed or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        patch_size = tuple(int(p) for p in patch_size)
+        if len(patch_size) != 3 or min(patch_size) < 1:
+            raise ValueError(f"patch_size must be 3 positive sizes, got {patch_size}")
+        if not 0.0 <= foreground_prob <= 1.0:
+            raise ValueError(f"foreground_prob must be in [0, 1], got {foreground_prob}")
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+
+        self.batch_size = int(batch_size)
+        self.patch_size = patch_size
+        self.seed = int(seed)
+        self.config = augment if isinstance(augment, AugmentConfig) else (AugmentConfig() if augment else None)
+        self.foreground_prob = float(foreground_prob)
+        self.prefetch = int(prefetch)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self.local_batch_size = self.batch_size // self.process_count
+
+        self._images, self._labels, self._masks, self._fg = [], [], [], []
+        for k, case in enumerate(cases):
+            image, labels = case_arrays(case)
+            name = getattr(case, "id", f"case {k}")
+            if image.ndim != 3 or image.shape != labels.shape:
+                raise ValueError(f"{name}: need 3D image and labels of one shape, got {image.shape}, {labels.shape}")
+            if space is not None:
+                validate_labels(labels, space, what=str(name))
+            labels = labels.astype(np.int32, copy=False)
+            if mask_threshold is None:
+                mask = brain_mask(labels=labels)
+            else:
+                mask = brain_mask(image=image, threshold=mask_threshold)
+            image = zscore(image, mask) if normalize else image.astype(np.float32, copy=False)
+            self._images.append(image)
+            self._labels.append(labels)
+            self._masks.append(None if mask_threshold is None else mask)
+            self._fg.append(foreground_index(labels, seed=k) if foreground_prob > 0 else None)
+
+        self._permutations: dict[int, np.ndarray] = {}  # epoch -> case order (a small cache)
+        self._step = 0
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ the pure part
+    @property
+    def num_cases(self) -> int:
+        return len(self._images)
+
+    @property
+    def step(self) -> int:
+        """The index of the next batch ``next()`` returns."""
+        return self._step
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the next batch's first sample."""
+        return self._step * self.batch_size // self.num_cases
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        perm = self._permutations.get(epoch)
+        if perm is None:
+            seq = np.random.SeedSequence([self.seed, _TAG_PERMUTATION, epoch, 0])
+            perm = np.random.Generator(np.random.PCG64(seq)).permutation(self.num_cases)
+            if len(self._permutations) > 8:
+                self._permutations.clear()
+            self._permutations[epoch] = perm
+        return perm
+
+    def case_index(self, step: int, j: int) -> int:
+        """The case of sample ``j`` (global position in the batch) of batch ``step``."""
+        position = step * self.batch_size + j
+        epoch, offset = divmod(position, self.num_cases)
+        return int(self._permutation(epoch)[offset])
+
+    def sample(self, step: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``j`` (global position) of batch ``step``: ``(image [D, H, W], labels [D, H, W])``."""
+        k = self.case_index(step, j)
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, _TAG_SAMPLE, step, j])))
+        return augment_patch(
+            self._images[k],
+            self._labels[k],
+            rng,
+            patch_size=self.patch_size,
+            config=self.config,
+            foreground_prob=self.foreground_prob,
+            mask=self._masks[k],
+            fg_index=self._fg[k],
+        )
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """This process's slice of batch ``step`` (a pure function of ``(seed, step)``; no state
+        is touched). Thread-safe."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        first = self.process_index * self.local_batch_size
+        images = np.empty((self.local_batch_size, *self.patch_size, 1), np.float32)
+        labels = np.empty((self.local_batch_size, *self.patch_size), np.int32)
+        for i in range(self.local_batch_size):
+            images[i, ..., 0], labels[i] = self.sample(step, first + i)
+        return images, labels
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, int]:
+        """A small JSON-able state: the next step (the rest only guards against misuse)."""
+        return {
+            "version": _STATE_VERSION,
+            "seed": self.seed,
+            "step": self._step,
+            "epoch": self.epoch,
+            "batch_size": self.batch_size,
+            "num_cases": self.num_cases,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resumes at ``state["step"]``: the next batches equal those of an uninterrupted run.
+
+        Raises:
+          ValueError: the state comes from a loader with another seed, batch size or case count.
+        """
+        for key in ("seed", "batch_size", "num_cases"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise ValueError(f"loader state has {key}={state[key]}, this loader has {getattr(self, key)}")
+        step = int(state["step"])
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        self._stop_worker()
+        self._failure = None
+        self._step = step
+
+    # ------------------------------------------------------------------ iteration and prefetch
+    def __iter__(self) -> Loader:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._closed:
+            raise RuntimeError("the loader is closed")
+        if self._failure is not None:
+            raise self._failure
+        if self.prefetch == 0:
+            result = self.batch(self._step)
+        else:
+            if self._thread is None:
+                self._start_worker()
+            item = self._queue.get()
+            if isinstance(item, _Failure):
+                self._failure = item.error
+                self._thread.join()
+                self._thread = None
+                raise item.error
+            step, result = item
+            assert step == self._step, (step, self._step)
+        self._step += 1
+        return result
+
+    def _start_worker(self) -> None:
+        self._stop = threading.Event()
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._thread = threading.Thread(
+            target=self._work, args=(self._step, self._queue, self._stop), name="labelset-loader", daemon=True
+        )
+        self._thread.start()
+
+    def _work(self, step: int, out: queue.Queue, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                item: Any = (step, self.batch(step))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                item = _Failure(e)
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, _Failure):
+                return
+            step += 1
+
+    def _stop_worker(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread, self._queue = None, None
+
+    def close(self) -> None:
+        """Stops the worker thread (idempotent). Further ``next()`` calls raise ``RuntimeError``."""
+        self._stop_worker()
+        self._closed = True
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

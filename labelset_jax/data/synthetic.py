@@ -1,0 +1,281 @@
+"""Synthetic binary tasks with *known* label uncertainty, for the soft-Dice volume-bias study.
+
+SPEC §5, experiment 1: the label of voxel ``i`` given the image is ``l_i ~ Bernoulli(q_i)`` with a
+known ``q``, so the expected foreground volume ``E[V] = v Σ_i q_i`` is known exactly (``v`` the
+voxel volume). Every generator returns a :class:`SyntheticCase` ``(image, labels, q, spacing)``:
+
+* :func:`boundary_noise_case`: an ellipsoid whose boundary is blurred: every voxel is drawn
+  independently with ``q = sigmoid((r - ρ) / τ)``, ``ρ`` the voxel's distance from the centre and
+  ``r`` the radius (``q → 1`` inside, ``→ 0`` outside, ``1/2`` on the surface);
+* :func:`ambiguous_blob_case`: a clear object plus one faint blob that is *entirely* foreground
+  with probability ``p`` (one Bernoulli draw for the whole blob);
+* :func:`independent_blobs_case`: a clear object plus ``K`` faint blobs, each included
+  independently;
+* :func:`noise_free_case`: the control, ``q ∈ {0, 1}``, where every loss is unbiased.
+
+The image is a deterministic function of ``q``'s geometry plus small Gaussian noise: it shows the
+boundary profile / the faint blobs whatever was drawn, so the best possible prediction from the
+image is ``q`` itself. Labels are int32 ``{0, 1}``; ``q`` and the image are float32.
+
+>>> case = boundary_noise_case(0, shape=(16, 16, 16), radius=5.0, tau=1.0)
+>>> image, labels, q, spacing = case
+>>> labels.dtype, q.dtype, bool(q.max() > 0.9 and q.min() < 0.1)
+(dtype('int32'), dtype('float32'), True)
+>>> round(case.expected_volume_ml(), 3)  # > the sphere's 0.524 ml: the boundary is curved
+0.701
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "SyntheticCase",
+    "boundary_noise_case",
+    "ambiguous_blob_case",
+    "independent_blobs_case",
+    "noise_free_case",
+]
+
+
+class SyntheticCase(NamedTuple):
+    """One synthetic binary case with known per-voxel foreground probability.
+
+    Attributes:
+      image: float32 ``[D, H, W]``.
+      labels: int32 ``[D, H, W]`` in ``{0, 1}``, one draw of ``Bernoulli(q)``.
+      q: float32 ``[D, H, W]``, the probability that each voxel is foreground given the image.
+      spacing: voxel size in mm.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    q: np.ndarray
+    spacing: tuple[float, float, float]
+
+    @property
+    def voxel_ml(self) -> float:
+        """The volume of one voxel in ml."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def expected_volume_ml(self) -> float:
+        """``E[V] = v Σ_i q_i``: the expected foreground volume in ml."""
+        return float(np.sum(self.q, dtype=np.float64)) * self.voxel_ml
+
+    def volume_ml(self) -> float:
+        """The volume of the drawn label map in ml."""
+        return float(np.count_nonzero(self.labels)) * self.voxel_ml
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # stable for large |x|
+
+
+def _grid(shape: Sequence[int]) -> list[np.ndarray]:
+    return np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij", sparse=True)
+
+
+def _distance(shape, centre, radii) -> np.ndarray:
+    """Approximate signed distance (voxels) to an ellipsoid surface, positive inside.
+
+    Exact for a sphere: ``r - ρ``. For an ellipsoid, ``(1 - |(x - c)/radii|)`` scaled by the mean
+    radius.
+    """
+    g = _grid(shape)
+    radii = np.broadcast_to(np.asarray(radii, np.float32), (3,))
+    norm = np.sqrt(sum(((g[a] - np.float32(centre[a])) / radii[a]) ** 2 for a in range(3)))
+    return (1.0 - norm) * np.float32(radii.mean())
+
+
+def _finish(rng, q, intensity, noise, spacing, labels=None) -> SyntheticCase:
+    q = np.broadcast_to(q, intensity.shape).astype(np.float32)
+    if labels is None:
+        labels = (rng.random(q.shape, dtype=np.float32) < q).astype(np.int32)
+    image = intensity + rng.normal(0.0, noise, q.shape).astype(np.float32) if noise > 0 else intensity
+    return SyntheticCase(image.astype(np.float32), labels.astype(np.int32), q, tuple(float(s) for s in spacing))
+
+
+def _check(shape, spacing):
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 4:
+        raise ValueError(f"shape must be 3 sides >= 4, got {shape}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be 3 positive sizes in mm, got {spacing}")
+    return shape
+
+
+def _jittered_centre(rng, shape, jitter):
+    return (np.asarray(shape, np.float64) - 1) / 2 + rng.uniform(-jitter, jitter, 3)
+
+
+def boundary_noise_case(
+    seed: int,
+    *,
+    shape: Sequence[int] = (32, 32, 32),
+    radius: float | Sequence[float] = 8.0,
+    tau: float = 1.0,
+    noise: float = 0.05,
+    jitter: float = 2.0,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+) -> SyntheticCase:
+    """An ellipsoid with independent boundary noise: ``q = sigmoid((r - ρ) / τ)``.
+
+    Args:
+      seed: seed of the centre jitter, the label draws and the image noise.
+      shape: volume shape.
+      radius: the radius in voxels (a float for a sphere, three radii for an ellipsoid; ``ρ`` is
+        then the approximate distance of :func:`_distance`).
+      tau: the width of the uncertain boundary in voxels (``τ → 0`` gives the noise-free sphere).
+      noise: standard deviation of the additive Gaussian image noise.
+      jitter: the centre is moved by up to this many voxels along each axis.
+      spacing: voxel size in mm (only for volumes).
+
+    Returns:
+      A :class:`SyntheticCase`; the image is ``q`` plus noise (it shows the soft boundary).
+    """
+    shape = _check(shape, spacing)
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0 (use noise_free_case for a hard boundary), got {tau}")
+    rng = np.random.default_rng(seed)
+    centre = _jittered_centre(rng, shape, jitter)
+    q = _sigmoid(_distance(shape, centre, radius) / np.float32(tau))
+    return _finish(rng, q, q.astype(np.float32), noise, spacing)
+
+
+def noise_free_case(
+    seed: int,
+    *,
+    shape: Sequence[int] = (32, 32, 32),
+    radius: float | Sequence[float] = 8.0,
+    noise: float = 0.05,
+    jitter: float = 2.0,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+) -> SyntheticCase:
+    """The control: a sharp ellipsoid, ``q ∈ {0, 1}`` and ``labels == q`` (no inherent uncertainty).
+
+    Same arguments as :func:`boundary_noise_case`, without ``tau``.
+
+    >>> case = noise_free_case(0, shape=(12, 12, 12), radius=3.0)
+    >>> bool(np.array_equal(case.labels, case.q.astype(np.int32)))
+    True
+    """
+    shape = _check(shape, spacing)
+    rng = np.random.default_rng(seed)
+    centre = _jittered_centre(rng, shape, jitter)
+    inside = (_distance(shape, centre, radius) > 0).astype(np.float32)
+    return _finish(rng, inside, inside.copy(), noise, spacing, labels=inside.astype(np.int32))
+
+
+def _place_spheres(rng, shape, radii, *, margin: float = 1.0, tries: int = 2000) -> list[np.ndarray]:
+    """Random non-overlapping sphere centres inside the volume (rejection sampling)."""
+    centres: list[np.ndarray] = []
+    for r in radii:
+        low, high = r + margin, np.asarray(shape, np.float64) - 1 - r - margin
+        if np.any(high < low):
+            raise ValueError(f"a sphere of radius {r} does not fit in shape {tuple(shape)}")
+        for _ in range(tries):
+            c = rng.uniform(low, high)
+            if all(np.linalg.norm(c - c2) > r + r2 + 2 * margin for c2, r2 in zip(centres, radii)):
+                centres.append(c)
+                break
+        else:
+            raise ValueError(f"cannot place {len(radii)} non-overlapping spheres in shape {tuple(shape)}")
+    return centres
+
+
+def _blob_case(rng, shape, object_radius, blob_radii, blob_probs, blob_intensity, noise, spacing) -> SyntheticCase:
+    radii = ([object_radius] if object_radius > 0 else []) + list(blob_radii)
+    centres = _place_spheres(rng, shape, radii)
+    q = np.zeros(shape, np.float32)
+    intensity = np.zeros(shape, np.float32)
+    labels = np.zeros(shape, np.int32)
+    if object_radius > 0:
+        inside = _distance(shape, centres[0], object_radius) > 0
+        q[inside], intensity[inside], labels[inside] = 1.0, 1.0, 1
+        centres = centres[1:]
+    for centre, r, p in zip(centres, blob_radii, blob_probs):
+        inside = _distance(shape, centre, r) > 0
+        q[inside] = p
+        intensity[inside] = blob_intensity
+        labels[inside] = int(rng.random() < p)  # one draw for the whole blob
+    return _finish(rng, q, intensity, noise, spacing, labels=labels)
+
+
+def ambiguous_blob_case(
+    seed: int,
+    *,
+    p: float,
+    shape: Sequence[int] = (32, 32, 32),
+    object_radius: float = 6.0,
+    blob_radius: float = 4.0,
+    blob_intensity: float = 0.4,
+    noise: float = 0.05,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+) -> SyntheticCase:
+    """A clear object plus one faint blob that is all foreground with probability ``p``.
+
+    The optimum of soft Dice includes the blob iff ``p > 0.5``, hence ``ΔV = (1[p > 0.5] - p) N``
+    (SPEC §5); cross-entropy's optimum predicts ``p`` on the blob (``ΔV ≈ 0``).
+
+    Args:
+      seed: seed of the positions, the draw and the image noise.
+      p: probability that the blob is labelled foreground (one draw for all its voxels).
+      shape: volume shape.
+      object_radius: radius (voxels) of the clear object (``q = 1``, intensity 1); 0 for none.
+      blob_radius: radius (voxels) of the faint blob (``q = p``).
+      blob_intensity: the blob's intensity, shown whatever the draw. When cases with different
+        ``p`` are mixed in one training set, make it a function of ``p`` so the image determines
+        ``q``.
+      noise: standard deviation of the additive Gaussian image noise.
+      spacing: voxel size in mm.
+
+    Returns:
+      A :class:`SyntheticCase`.
+
+    >>> case = ambiguous_blob_case(0, p=0.3, shape=(24, 24, 24), object_radius=4, blob_radius=3)
+    >>> sorted(np.unique(case.q).tolist())  # background, the blob, the object
+    [0.0, 0.30000001192092896, 1.0]
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    shape = _check(shape, spacing)
+    rng = np.random.default_rng(seed)
+    return _blob_case(rng, shape, object_radius, [blob_radius], [p], blob_intensity, noise, spacing)
+
+
+def independent_blobs_case(
+    seed: int,
+    *,
+    k: int,
+    p: float | Sequence[float],
+    shape: Sequence[int] = (48, 48, 48),
+    object_radius: float = 6.0,
+    blob_radius: float = 3.0,
+    blob_intensity: float = 0.4,
+    noise: float = 0.05,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+) -> SyntheticCase:
+    """A clear object plus ``k`` faint blobs, each foreground independently with probability ``p``.
+
+    Args:
+      seed: seed of the positions, the draws and the image noise.
+      k: number of uncertain blobs.
+      p: the inclusion probability, one for all blobs or one per blob.
+      shape, object_radius, blob_radius, blob_intensity, noise, spacing: as in
+        :func:`ambiguous_blob_case`.
+
+    Returns:
+      A :class:`SyntheticCase`.
+
+    Raises:
+      ValueError: the blobs do not fit in the volume, or a bad ``p``.
+    """
+    probs = np.broadcast_to(np.asarray(p, np.float64), (int(k),))
+    if np.any((probs < 0) | (probs > 1)):
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    shape = _check(shape, spacing)
+    rng = np.random.default_rng(seed)
+    return _blob_case(rng, shape, object_radius, [blob_radius] * int(k), probs.tolist(), blob_intensity, noise, spacing)
