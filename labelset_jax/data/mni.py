@@ -38,6 +38,7 @@ from scipy import ndimage
 
 from labelset_jax.data.nifti import spacing_of
 from labelset_jax.data.phantoms import _rotation
+from labelset_jax.data.transforms import extract_patch
 from labelset_jax.labelsets import LabelSpace
 
 __all__ = [
@@ -249,9 +250,12 @@ def mni_tissue_case(
     if not augment:
         offset = np.round(offset)  # an exact crop/pad
         c_in = offset + c_out
-    identity = np.allclose(matrix, np.eye(3)) and np.allclose(offset, np.round(offset))
-    if identity and out_shape == tuple(in_shape):
-        image, probs = maps.image.copy(), maps.probs.copy()
+    if not augment:  # an exact crop/pad (a slice)
+        image = extract_patch(maps.image, c_in, out_shape)
+        probs = np.stack(
+            [extract_patch(maps.probs[..., c], c_in, out_shape, cval=1.0 if c == 0 else 0.0) for c in range(4)],
+            axis=-1,
+        )
     else:
         image = _resample(maps.image, matrix, offset, out_shape, 0.0)
         probs = np.stack(

@@ -136,7 +136,7 @@ def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray
 
     # Thickness floor: ~1.6 voxels of the coarsest axis, in brain-frame units.
     voxel = 2.0 / min(shape)
-    floor = 1.6 * voxel / radii.min()
+    floor = 1.25 * voxel / radii.min()
 
     def thick(low, high):
         return max(rng.uniform(low, high), floor)
@@ -144,7 +144,7 @@ def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray
     maturity = rng.uniform(0.0, 1.0)  # older brains: deeper folds, smaller ventricles
     t_csf = thick(0.03, 0.06)
     t_gm = thick(0.05, 0.08)
-    depth = (0.04 + 0.10 * maturity) * rng.uniform(0.8, 1.2)
+    depth = (0.04 + 0.10 * maturity) * rng.uniform(0.8, 1.2) * min(1.0, min(shape) / 64)  # unresolved below
     r_out = 1.0 + 0.03 * _direction_field(rng, n, 4, (1.0, 2.5))
     fold = _direction_field(rng, n, 12, (8.0, 16.0))
     r_cortex = r_out - t_csf - depth * np.clip(0.5 * (fold + 1.0), 0.0, 1.0)
@@ -170,17 +170,17 @@ def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray
         cc_z + cc_b * np.sqrt(np.clip(1.0 - ((u[1] - cc_y) / cc_a) ** 2, 0.0, None)) + t_cc / 2,
         cc_z - 0.05,
     )
-    t_fissure = thick(0.015, 0.03)
+    t_fissure = max(rng.uniform(0.015, 0.03), floor / 2)  # a half-width
     above = (u[2] > arch) & (rho < r_cortex)
     labels[above & (np.abs(u[0]) < t_fissure + t_gm)] = CGM
     labels[above & (np.abs(u[0]) < t_fissure)] = ECSF
 
     # Deep grey nuclei (two blobs), then the lateral ventricles (curved blobs) above them.
-    dgm_c = (rng.uniform(0.22, 0.27), rng.uniform(-0.02, 0.08), rng.uniform(-0.14, -0.08))
-    dgm_r = (thick(0.11, 0.14), thick(0.16, 0.22), thick(0.11, 0.14))
-    vent_size = 1.25 - 0.4 * maturity
-    vent_c = (rng.uniform(0.13, 0.16), rng.uniform(-0.06, 0.04), rng.uniform(0.06, 0.10))
-    vent_r = (thick(0.07, 0.09) * vent_size, rng.uniform(0.30, 0.38), thick(0.10, 0.14) * vent_size)
+    dgm_c = (rng.uniform(0.24, 0.28), rng.uniform(-0.02, 0.08), rng.uniform(-0.20, -0.12))
+    dgm_r = (thick(0.15, 0.19), thick(0.22, 0.28), thick(0.14, 0.18))
+    vent_size = 1.15 - 0.3 * maturity
+    vent_c = (rng.uniform(0.14, 0.17), rng.uniform(-0.06, 0.04), rng.uniform(0.05, 0.09))
+    vent_r = (thick(0.10, 0.13) * vent_size, rng.uniform(0.32, 0.40), thick(0.12, 0.15) * vent_size)
     bend = rng.uniform(0.05, 0.12)
     for side in (-1.0, 1.0):
         labels[_ellipsoid(u, (side * dgm_c[0], dgm_c[1], dgm_c[2]), dgm_r) < 1.0] = DGM
@@ -201,8 +201,8 @@ def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray
     labels[tube < 1.0] = BSTEM
 
     # Cerebellum: posterior-inferior, in its own CSF sheath, kept inside the envelope.
-    cb_c = (0.0, rng.uniform(-0.60, -0.54), rng.uniform(-0.48, -0.40))
-    cb_r = (rng.uniform(0.34, 0.42), thick(0.19, 0.24), thick(0.16, 0.21))
+    cb_c = (0.0, rng.uniform(-0.52, -0.46), rng.uniform(-0.44, -0.36))
+    cb_r = (rng.uniform(0.38, 0.46), thick(0.22, 0.27), thick(0.18, 0.23))
     e_cb = _ellipsoid(u, cb_c, cb_r)
     inside = rho < r_out - t_csf
     labels[(e_cb < (1.0 + t_csf / min(cb_r)) ** 2) & (rho < r_out)] = ECSF
