@@ -29,7 +29,12 @@ def main() -> None:
 
     n_full = max(1, args.cases // 4)
     rest = args.cases - n_full
-    protocols = {"full": n_full, "wm_vent_cereb": rest - 2 * (rest // 3), "plus_ecsf": rest // 3, "plus_ecsf_cc": rest // 3}
+    protocols = {
+        "full": n_full,
+        "wm_vent_cereb": rest - 2 * (rest // 3),
+        "plus_ecsf": rest // 3,
+        "plus_ecsf_cc": rest // 3,
+    }
     start = time.perf_counter()
     cohort = phantom_cohort(protocols, shape=(args.size,) * 3)
     made = time.perf_counter() - start

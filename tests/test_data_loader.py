@@ -42,8 +42,9 @@ def test_batches_shape_dtype_and_valid_ids(cases):
 
 
 def test_same_seed_same_batches_other_seed_other_batches(cases):
-    with Loader(cases, batch_size=2, patch_size=PATCH, seed=1) as a, Loader(cases, batch_size=2, patch_size=PATCH, seed=1, prefetch=0) as b:
-        assert_same(take(a, 5), take(b, 5))
+    with Loader(cases, batch_size=2, patch_size=PATCH, seed=1) as a:
+        with Loader(cases, batch_size=2, patch_size=PATCH, seed=1, prefetch=0) as b:
+            assert_same(take(a, 5), take(b, 5))
     with Loader(cases, batch_size=2, patch_size=PATCH, seed=2) as c:
         x_c, _ = next(c)
     x_a, _ = Loader(cases, batch_size=2, patch_size=PATCH, seed=1, prefetch=0).batch(0)
@@ -120,13 +121,13 @@ def test_worker_exception_reaches_the_consumer(cases, monkeypatch):
 
 
 def test_close_stops_a_blocked_worker(cases):
-    before = threading.active_count()
     loader = Loader(cases, batch_size=1, patch_size=PATCH, seed=0, prefetch=1)
     next(loader)
+    worker = loader._thread
     time.sleep(0.1)  # the worker fills the queue and blocks on put
-    assert threading.active_count() == before + 1
+    assert worker.is_alive() and worker in threading.enumerate()
     loader.close()
-    assert threading.active_count() == before
+    assert not worker.is_alive()
     loader.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         next(loader)
@@ -139,7 +140,8 @@ def test_augmentation_off_gives_plain_patches():
     np.testing.assert_array_equal(y[0], labels)  # the only patch that fits is the volume
     mask = labels != 0
     assert abs(x[0, ..., 0][mask].mean()) < 1e-4  # z-scored in the brain
-    zoomed = Loader([(image, labels)], batch_size=1, patch_size=PATCH, seed=0, augment=AugmentConfig(zoom_prob=1.0), prefetch=0)
+    always_zoom = AugmentConfig(zoom_prob=1.0)
+    zoomed = Loader([(image, labels)], batch_size=1, patch_size=PATCH, seed=0, augment=always_zoom, prefetch=0)
     assert zoomed.batch(0)[1].shape == (1, *PATCH)
 
 

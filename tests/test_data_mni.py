@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelset_jax.data import MNI_TISSUE, expected_volumes_ml, mni152_tissue_maps, mni_cohort, mni_tissue_case, sample_labels
+from labelset_jax.data import (
+    MNI_TISSUE,
+    expected_volumes_ml,
+    mni152_tissue_maps,
+    mni_cohort,
+    mni_tissue_case,
+    sample_labels,
+)
 
 
 @pytest.fixture(scope="module")

@@ -106,6 +106,9 @@ class Case:
     def __post_init__(self):
         if not _SAFE_ID.match(self.id):
             raise ValueError(f"case id {self.id!r} must be letters, digits and ._- (it names files)")
+        if np.shape(self.image) != np.shape(self.labels) or np.ndim(self.labels) != 3:
+            raise ValueError(f"case {self.id}: need 3D image and labels of one shape, got "
+                             f"{np.shape(self.image)} and {np.shape(self.labels)}")
         if self.affine is None:
             object.__setattr__(self, "affine", phantom_affine(self.image.shape, self.spacing))
         object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
@@ -280,9 +283,8 @@ def phantom_cohort(
         seed = first_seed + i
         image, full = make_phantom(seed, shape=shape, spacing=spacing)
         labels = protocol_table[name].apply(full)
-        cases.append(
-            Case(f"phantom_{seed:04d}", image, labels, spacing, name, phantom_affine(shape, spacing), full if keep_full else None)
-        )
+        affine = phantom_affine(shape, spacing)
+        cases.append(Case(f"phantom_{seed:04d}", image, labels, spacing, name, affine, full if keep_full else None))
     spaces = {protocol_table[n].space for n in names}
     space = max(spaces, key=lambda s: s.num_ids) if spaces else FETAL_BRAIN
     return Cohort(cases, space)
@@ -527,7 +529,14 @@ def feta_cases(
         if not label_path.is_file():
             raise ValueError(f"{image_path}: no segmentation {label_path.name} next to it")
         files.append(
-            CaseFile(f"{subject}_rec-{rec}", image_path, label_path, "full", label_mapping=dict(label_mapping), source=str(image_path))
+            CaseFile(
+                f"{subject}_rec-{rec}",
+                image_path,
+                label_path,
+                "full",
+                label_mapping=dict(label_mapping),
+                source=str(image_path),
+            )
         )
     if not files:
         wanted = f"rec-{reconstruction}" if reconstruction else "rec-*"

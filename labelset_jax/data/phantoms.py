@@ -102,14 +102,22 @@ def _direction_field(rng: np.random.Generator, n: tuple[np.ndarray, ...], terms:
     with an angular frequency set by ``freq``, like a band of spherical harmonics.
     """
     total = np.zeros_like(n[0])
+    wave = np.empty_like(n[0])
     weights = rng.uniform(0.5, 1.0, terms)
     for k in range(terms):
         w = rng.normal(size=3)
-        w /= np.linalg.norm(w)
-        omega = rng.uniform(*freq)
+        w *= rng.uniform(*freq) / np.linalg.norm(w)  # direction times angular frequency
         phase = rng.uniform(0, 2 * np.pi)
-        total += weights[k] * np.sin(omega * (w[0] * n[0] + w[1] * n[1] + w[2] * n[2]) + phase)
-    return total / (0.5 * weights.sum())
+        # float32 in place: sin(w·n + phase) (Python floats keep numpy from promoting to float64)
+        np.multiply(n[0], float(w[0]), out=wave)
+        wave += float(w[1]) * n[1]
+        wave += float(w[2]) * n[2]
+        wave += float(phase)
+        np.sin(wave, out=wave)
+        wave *= float(weights[k])
+        total += wave
+    total *= float(2.0 / weights.sum())
+    return total
 
 
 def _ellipsoid(u, centre, radii) -> np.ndarray:
@@ -136,7 +144,7 @@ def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray
 
     # Thickness floor: ~1.6 voxels of the coarsest axis, in brain-frame units.
     voxel = 2.0 / min(shape)
-    floor = 1.25 * voxel / radii.min()
+    floor = float(1.25 * voxel / radii.min())
 
     def thick(low, high):
         return max(rng.uniform(low, high), floor)
@@ -240,8 +248,8 @@ def make_phantom(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One procedural fetal brain phantom: a T2-like image and its full 9-label segmentation.
 
-    Deterministic: the same ``(seed, shape)`` gives identical arrays. Takes ~0.1 s at 64³ on one
-    CPU core.
+    Deterministic: the same ``(seed, shape)`` gives identical arrays. Takes ~0.07 s at 64³ and
+    ~0.5 s at 128³ on one CPU core.
 
     Args:
       seed: a non-negative integer seed (``numpy.random.default_rng(seed)``).

@@ -126,8 +126,9 @@ def boundary_noise_case(
     Args:
       seed: seed of the centre jitter, the label draws and the image noise.
       shape: volume shape.
-      radius: the radius in voxels (a float for a sphere, three radii for an ellipsoid; ``ρ`` is
-        then the approximate distance of :func:`_distance`).
+      radius: the radius in voxels: a float for a sphere, or three radii for an ellipsoid, where
+        ``r - ρ`` becomes ``(1 - |(x - c) / radii|) · mean(radii)`` (exact on the axes of a
+        sphere, approximate elsewhere).
       tau: the width of the uncertain boundary in voxels (``τ → 0`` gives the noise-free sphere).
       noise: standard deviation of the additive Gaussian image noise.
       jitter: the centre is moved by up to this many voxels along each axis.
