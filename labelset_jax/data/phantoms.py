@@ -16,7 +16,7 @@ anatomically exact, but they have the features the label-set experiments rely on
   noise.
 
 Every label is present in every case for every shape with each side >= 32 (thin structures are
-made at least ~1.5 voxels thick), which the tests check over many seeds.
+made at least ~1.25 voxels thick), which the tests check over many seeds.
 
 Orientation: voxel axes are RAS+ (axis 0 left -> right, 1 posterior -> anterior, 2 inferior ->
 superior), so a left-right flip is a flip of axis 0; :func:`phantom_affine` gives the matching
@@ -142,7 +142,7 @@ def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray
     rho = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2)
     n = [x / np.maximum(rho, 1e-6) for x in u]
 
-    # Thickness floor: ~1.6 voxels of the coarsest axis, in brain-frame units.
+    # Thickness floor: ~1.25 voxels of the coarsest axis, in brain-frame units.
     voxel = 2.0 / min(shape)
     floor = float(1.25 * voxel / radii.min())
 
