@@ -1,0 +1,38 @@
+r"""Train and evaluate a segmentation model from a Python config file.
+
+    python -m experiments.main --config=configs/default.py --workdir=runs/default
+    python -m experiments.main --config=configs/partial_supervision.py:leaf_dice \
+        --workdir=runs/leaf_dice --config.num_steps=1000
+
+Writes to the workdir: checkpoints, ``metrics.jsonl``, TensorBoard events, ``results.json`` and
+``slices.png`` (predicted parcellation next to the ground truth). An existing run is resumed.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from labelset_jax import report, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    try:
+        results = train.train_and_evaluate(config, _WORKDIR.value)
+    except (ValueError, FileNotFoundError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    report.write_run_report(_WORKDIR.value)
+    logging.info("results: %s", results)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,81 @@
+"""Pictures and tables of a run: slices of the predicted parcellation next to the ground truth."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from labelset_jax.labelsets import LabelSpace
+
+# A qualitative colour per leaf (background transparent); extended by cycling for larger spaces.
+_COLOURS = np.array(
+    [
+        [0, 0, 0], [245, 245, 220], [0, 160, 255], [255, 165, 0], [120, 220, 120],
+        [220, 40, 40], [160, 80, 200], [255, 220, 0], [255, 105, 180], [0, 200, 200],
+        [120, 120, 255], [150, 100, 50],
+    ],
+    dtype=np.float32,
+) / 255.0
+
+
+def label_colours(num_classes: int) -> np.ndarray:
+    """RGB colours ``[num_classes, 3]`` for leaves ``0..C-1``."""
+    return _COLOURS[np.arange(num_classes) % len(_COLOURS)]
+
+
+def overlay(image2d: np.ndarray, labels2d: np.ndarray, num_classes: int, alpha: float = 0.55) -> np.ndarray:
+    """An RGB picture of a grey image with leaf labels blended on top; set ids (``>= C``) are hatched
+    grey, so partial annotations stay visible."""
+    lo, hi = np.percentile(image2d, [1, 99])
+    grey = np.clip((image2d - lo) / max(hi - lo, 1e-6), 0, 1)[..., None].repeat(3, -1)
+    colours = label_colours(num_classes)
+    out = grey.copy()
+    leaf = (labels2d > 0) & (labels2d < num_classes)
+    out[leaf] = (1 - alpha) * grey[leaf] + alpha * colours[labels2d[leaf]]
+    is_set = labels2d >= num_classes
+    hatch = (np.add.outer(np.arange(labels2d.shape[0]), np.arange(labels2d.shape[1])) % 4) < 2
+    out[is_set & hatch] = 0.5
+    return np.clip(out, 0.0, 1.0)
+
+
+def save_slices_png(path: str | os.PathLike, image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+                    label_space: LabelSpace, *, title: str = "") -> None:
+    """Writes a PNG of three orthogonal central slices: image, ground truth, prediction.
+
+    Args:
+      path: the PNG to write (atomically).
+      image: ``[D, H, W]`` intensities.
+      truth, pred: ``[D, H, W]`` label maps.
+      label_space: for the number of leaves and the legend.
+      title: a figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    c = label_space.num_classes
+    centre = [s // 2 for s in image.shape]
+    views = [(lambda a, k=k: np.take(a, centre[k], axis=k)) for k in range(3)]
+    fig, axes = plt.subplots(3, 3, figsize=(9, 9.6))
+    for row, view in enumerate(views):
+        axes[row, 0].imshow(np.rot90(view(image)), cmap="gray")
+        axes[row, 1].imshow(np.rot90(overlay(view(image), view(truth), c), axes=(0, 1)))
+        axes[row, 2].imshow(np.rot90(overlay(view(image), view(pred), c), axes=(0, 1)))
+    for ax, name in zip(axes[0], ["image", "ground truth", "prediction"]):
+        ax.set_title(name)
+    for ax in axes.ravel():
+        ax.axis("off")
+    handles = [Patch(color=label_colours(c)[k], label=label_space.names[k]) for k in range(1, c)]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)

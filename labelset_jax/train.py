@@ -1,0 +1,341 @@
+"""Training and evaluation: ``train_and_evaluate(config, workdir)``.
+
+One readable loop, importable from a notebook:
+
+1. a device mesh with one ``data`` axis over all devices (several hosts through
+   ``jax.distributed``); global batches sharded along it with ``NamedSharding``, parameters and
+   optimiser state replicated;
+2. one jitted train step with donated state; the loss is any loss of :mod:`labelset_jax.losses`
+   chosen by name, computed on the whole global batch (so ``batch_dice`` is a global-batch Dice);
+3. periodic validation by sliding-window inference with per-label Dice;
+4. orbax checkpoints every ``checkpoint_every`` steps (last ``keep_checkpoints`` and the best by
+   validation Dice), resumed automatically from ``workdir`` with the loader state;
+5. metrics to ``metrics.jsonl`` and TensorBoard event files; progress with steps/s and ETA.
+
+A non-finite loss stops training with a ``FloatingPointError`` before anything is saved, so the
+last checkpoint stays the last good one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from labelset_jax import checkpoints, input_pipeline, losses
+from labelset_jax.inference import sliding_window_inference
+from labelset_jax.metrics import dice_score
+from labelset_jax.models import create_model
+from labelset_jax.writers import MetricWriter
+
+REQUIRED_FIELDS = ("seed", "num_steps", "batch_size", "patch_size", "loss", "learning_rate",
+                   "checkpoint_every", "eval_every", "data", "model")
+
+
+# --------------------------------------------------------------------------- set-up
+def maybe_initialize_distributed() -> None:
+    """Calls ``jax.distributed.initialize()`` when a multi-process environment is configured.
+
+    Recognised: ``JAX_COORDINATOR_ADDRESS`` (with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``),
+    SLURM jobs with several tasks, and Cloud TPU pods (``TPU_WORKER_HOSTNAMES`` with several hosts).
+    """
+    if jax.distributed.is_initialized():
+        return
+    env = os.environ
+    multi = (
+        "JAX_COORDINATOR_ADDRESS" in env
+        or int(env.get("SLURM_NTASKS", "1")) > 1
+        or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+    )
+    if multi:
+        kwargs = {}
+        if "JAX_COORDINATOR_ADDRESS" in env:
+            kwargs = dict(
+                coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                num_processes=int(env["JAX_NUM_PROCESSES"]),
+                process_id=int(env["JAX_PROCESS_ID"]),
+            )
+        jax.distributed.initialize(**kwargs)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh ``("data",)`` over every device of every process."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ``ValueError`` naming the field for configs the loop cannot run."""
+    missing = [f for f in REQUIRED_FIELDS if f not in config]
+    if missing:
+        raise ValueError(f"config is missing field(s) {missing}")
+    if config.batch_size % jax.device_count():
+        raise ValueError(
+            f"config.batch_size={config.batch_size} must be divisible by the number of devices "
+            f"({jax.device_count()})"
+        )
+    if config.num_steps < 0 or config.checkpoint_every < 1 or config.eval_every < 0:
+        raise ValueError("config.num_steps must be >= 0, checkpoint_every >= 1 and eval_every >= 0")
+    losses.get_loss(config.loss)  # raises on an unknown name
+    if len(tuple(config.patch_size)) != 3:
+        raise ValueError(f"config.patch_size must have 3 entries, got {config.patch_size}")
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam (default) or AdamW with an optional warm-up + cosine schedule and gradient clipping."""
+    opt = config.get("optimizer", ml_collections.ConfigDict())
+    lr = config.learning_rate
+    schedule_name = opt.get("schedule", "constant")
+    if schedule_name == "constant":
+        schedule = optax.constant_schedule(lr)
+    elif schedule_name == "cosine":
+        warmup = opt.get("warmup_steps", 0)
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, lr, warmup_steps=warmup, decay_steps=max(config.num_steps, warmup + 1)
+        )
+    elif schedule_name == "poly":  # nnU-Net's polynomial decay
+        schedule = optax.polynomial_schedule(lr, 0.0, power=0.9, transition_steps=max(config.num_steps, 1))
+    else:
+        raise ValueError(f"config.optimizer.schedule must be constant, cosine or poly, got {schedule_name!r}")
+    name = opt.get("name", "adam")
+    if name == "adam":
+        base = optax.adam(schedule)
+    elif name == "adamw":
+        base = optax.adamw(schedule, weight_decay=opt.get("weight_decay", 1e-4))
+    elif name == "sgd":
+        base = optax.sgd(schedule, momentum=0.99, nesterov=True)
+    else:
+        raise ValueError(f"config.optimizer.name must be adam, adamw or sgd, got {name!r}")
+    clip = opt.get("grad_clip_norm", 0.0)
+    return optax.chain(optax.clip_by_global_norm(clip), base) if clip else base
+
+
+# --------------------------------------------------------------------------- the step
+def make_loss_fn(config: ml_collections.ConfigDict, label_space):
+    """``(logits or list of deep-supervision logits, labels) -> scalar`` for the configured loss."""
+    loss = losses.get_loss(config.loss)
+    options = dict(config.get("loss_options", {}))
+    takes_space = config.loss in losses.LABEL_SET_LOSSES
+
+    def single(logits, labels):
+        if takes_space:
+            return loss(logits, labels, label_space=label_space, **options)
+        return loss(logits, labels, **options)
+
+    def total(outputs, labels):
+        if not isinstance(outputs, (list, tuple)):
+            return single(outputs, labels)
+        # Deep supervision: halve the weight at each coarser level; labels subsampled (they stay ids).
+        weights = np.array([0.5**k for k in range(len(outputs))])
+        weights = weights / weights.sum()
+        value = 0.0
+        for k, (w, out) in enumerate(zip(weights, outputs)):
+            stride = 2**k
+            value = value + w * single(out, labels[:, ::stride, ::stride, ::stride])
+        return value
+
+    return total
+
+
+@dataclasses.dataclass
+class Trainer:
+    """What the loop needs: the model definition, the jitted functions and the shardings."""
+
+    graphdef: Any
+    optimizer: optax.GradientTransformation
+    train_step: Any
+    predict: Any
+    data_sharding: NamedSharding
+    replicated: NamedSharding
+
+
+def create_trainer(config, model, label_space, mesh) -> tuple[Trainer, dict]:
+    """Builds the jitted train/predict functions and the initial replicated state."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    optimizer = make_optimizer(config)
+    loss_fn = make_loss_fn(config, label_space)
+    replicated = NamedSharding(mesh, P())
+    data_sharding = NamedSharding(mesh, P("data"))
+    state = {"params": params, "rest": rest, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+    state = jax.device_put(state, replicated)
+
+    def train_step(state, images, labels):
+        def objective(params):
+            model = nnx.merge(graphdef, params, state["rest"])
+            return loss_fn(model(images), labels)
+
+        loss, grads = jax.value_and_grad(objective)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new_state = {"params": params, "rest": state["rest"], "opt_state": opt_state, "step": state["step"] + 1}
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    def predict(images, state):
+        outputs = nnx.merge(graphdef, state["params"], state["rest"])(images)
+        return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+
+    trainer = Trainer(
+        graphdef=graphdef,
+        optimizer=optimizer,
+        train_step=jax.jit(train_step, donate_argnums=(0,), out_shardings=(replicated, replicated)),
+        predict=jax.jit(predict),
+        data_sharding=data_sharding,
+        replicated=replicated,
+    )
+    return trainer, state
+
+
+def shard_batch(batch, sharding: NamedSharding):
+    """Turns this process's slice of the global batch into global sharded arrays."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate(trainer: Trainer, state, cases, label_space, config) -> dict[str, float]:
+    """Sliding-window inference on each validation case and per-label Dice (hard argmax).
+
+    Returns ``val/dice_<leaf>`` (mean over the cases where the leaf is present in either mask)
+    and ``val/dice_mean`` over the foreground leaves.
+    """
+    ev = config.get("eval", ml_collections.ConfigDict())
+    roi = tuple(ev.get("roi_size", tuple(config.patch_size)))
+    names = label_space.names
+    scores = []
+    for case in cases:
+        image = jnp.asarray(case.image[None, ..., None], jnp.float32)
+        logits = sliding_window_inference(
+            trainer.predict, image, state, roi_size=roi,
+            sw_batch_size=ev.get("sw_batch_size", 2), overlap=ev.get("overlap", 0.5),
+            mode=ev.get("mode", "gaussian"),
+        )
+        pred = np.asarray(jnp.argmax(logits[0], axis=-1))
+        scores.append(dice_score(pred, case.labels, labels=range(label_space.num_classes)))
+    scores = np.nanmean(np.stack(scores), axis=0) if scores else np.full(len(names), np.nan)
+    out = {f"val/dice_{name}": float(s) for name, s in zip(names, scores)}
+    out["val/dice_mean"] = float(np.nanmean(scores[1:]))
+    return out
+
+
+# --------------------------------------------------------------------------- the loop
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
+    """Trains the configured model in ``workdir`` (resuming from its checkpoints) and evaluates it.
+
+    Args:
+      config: a config from ``configs/`` (``get_config()``), see ``configs/default.py``.
+      workdir: where checkpoints, metrics and results go; an existing run there is resumed.
+
+    Returns:
+      The final validation metrics (``val/dice_<leaf>``, ``val/dice_mean``) plus ``train/loss``.
+
+    Raises:
+      ValueError: an invalid config (the message names the field).
+      FloatingPointError: the loss became non-finite; the last checkpoint is the last good one.
+    """
+    maybe_initialize_distributed()
+    validate_config(config)
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    datasets = input_pipeline.create_datasets(config.data, seed=config.seed)
+    label_space = datasets.label_space
+    loader = input_pipeline.create_loader(config, datasets.train)
+    model = create_model(config.model, num_classes=label_space.num_classes, rngs=nnx.Rngs(config.seed))
+
+    mesh = make_mesh()
+    with jax.set_mesh(mesh):
+        trainer, state = create_trainer(config, model, label_space, mesh)
+        ckpt = checkpoints.Checkpointer(workdir, keep=config.get("keep_checkpoints", 2))
+        start = 0
+        if ckpt.latest_step() is not None:
+            state, meta = ckpt.restore(checkpoints.abstract_like(state))
+            loader.load_state_dict(meta["loader"])
+            start = int(meta["step"])
+            logging.info("Resumed from step %d in %s", start, workdir)
+
+        writer = MetricWriter(workdir, enabled=is_main)
+        log_every = config.get("log_every", 10)
+        metrics: dict[str, float] = {}
+        window_start, window_steps = time.perf_counter(), 0
+        last_loss = float("nan")
+        try:
+            for step in range(start + 1, config.num_steps + 1):
+                images, labels = next(loader)
+                state, out = trainer.train_step(state, *shard_batch((images, labels), trainer.data_sharding))
+                window_steps += 1
+                is_eval = config.eval_every and (step % config.eval_every == 0 or step == config.num_steps)
+                is_ckpt = step % config.checkpoint_every == 0 or step == config.num_steps
+                if step % log_every == 0 or is_eval or is_ckpt or step == start + 1:
+                    last_loss = float(out["loss"])
+                    if not np.isfinite(last_loss):
+                        raise FloatingPointError(
+                            f"non-finite training loss {last_loss} at step {step}; stopping. The last "
+                            f"checkpoint in {workdir / 'checkpoints'} (step {ckpt.latest_step()}) is the last good one"
+                        )
+                    elapsed = time.perf_counter() - window_start
+                    rate = window_steps / max(elapsed, 1e-9)
+                    writer.write_scalars(step, {"train/loss": last_loss, "train/grad_norm": float(out["grad_norm"]),
+                                                "train/steps_per_s": rate})
+                    logging.info("step %d/%d loss %.4f | %.2f steps/s | ETA %.0f s", step, config.num_steps,
+                                 last_loss, rate, (config.num_steps - step) / max(rate, 1e-9))
+                    window_start, window_steps = time.perf_counter(), 0
+                if is_eval:
+                    metrics = evaluate(trainer, state, datasets.val, label_space, config)
+                    writer.write_scalars(step, metrics)
+                    logging.info("step %d validation: %s", step, _format(metrics))
+                if is_ckpt:
+                    meta = {"step": step, "loader": loader.state_dict(), "metrics": metrics}
+                    ckpt.save(step, state, meta, metrics=metrics if is_eval else None)
+        finally:
+            ckpt.close()
+            writer.close()
+            loader.close()
+
+    result = {**metrics, "train/loss": last_loss}
+    if is_main:
+        write_json_atomic(workdir / "results.json", result)
+    return result
+
+
+def load_trained(workdir: str | os.PathLike, *, best: bool = True):
+    """Rebuilds ``(predict_fn, config, label_space)`` from a trained workdir (for evaluation,
+    prediction and notebooks): ``predict_fn(images [N, D, H, W, 1]) -> logits``."""
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    label_space = input_pipeline.label_space_for(config.data)
+    model = create_model(config.model, num_classes=label_space.num_classes, rngs=nnx.Rngs(0))
+    mesh = make_mesh()
+    with jax.set_mesh(mesh):
+        trainer, state = create_trainer(config, model, label_space, mesh)
+        ckpt = checkpoints.Checkpointer(workdir)
+        use_best = best and ckpt.best.latest_step() is not None
+        state, _ = ckpt.restore(checkpoints.abstract_like(state), best=use_best)
+        ckpt.close()
+    return (lambda images: trainer.predict(jnp.asarray(images, jnp.float32), state)), config, label_space
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Writes JSON to ``path`` through a temporary file and a rename."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in metrics.items())
