@@ -8,12 +8,10 @@ Writes to the workdir: checkpoints, ``metrics.jsonl``, TensorBoard events, ``res
 ``slices.png`` (predicted parcellation next to the ground truth). An existing run is resumed.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from labelset_jax import report, train
+from labelset_jax import cli, report, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -21,15 +19,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+    cli.quiet_orbax()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     try:
         results = train.train_and_evaluate(config, _WORKDIR.value)
     except (ValueError, FileNotFoundError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(str(e))
     report.write_run_report(_WORKDIR.value)
     logging.info("results: %s", results)
 

@@ -79,3 +79,52 @@ def save_slices_png(path: str | os.PathLike, image: np.ndarray, truth: np.ndarra
     fig.savefig(tmp, dpi=80)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def write_run_report(workdir: str | os.PathLike, *, num_cases: int | None = None) -> dict[str, float]:
+    """Evaluates a trained workdir on its validation cases and writes ``report.md`` (per-leaf Dice
+    and HD95, mean ± std over cases) and ``slices.png`` (first case), atomically.
+
+    Returns:
+      The mean metrics ``{"dice_<leaf>": ..., "hd95_<leaf>": ...}``.
+    """
+    import json
+
+    from labelset_jax import input_pipeline, train
+    from labelset_jax.inference import predict_volume
+    from labelset_jax.metrics import evaluate_case
+
+    workdir = Path(workdir)
+    predict, config, space = train.load_trained(workdir)
+    datasets = input_pipeline.create_datasets(config.data, seed=config.seed)
+    cases = datasets.val[:num_cases] if num_cases else datasets.val
+    ev = config.get("eval", {})
+    rows = []
+    for k, case in enumerate(cases):
+        _, labels = predict_volume(
+            predict, case.image[None, ..., None], roi_size=tuple(ev.get("roi_size", config.patch_size)),
+            sw_batch_size=ev.get("sw_batch_size", 2), overlap=ev.get("overlap", 0.5), tta=ev.get("tta", False),
+        )
+        pred = np.asarray(labels[0])
+        rows.append(evaluate_case(pred, case.labels, num_classes=space.num_classes, spacing=case.spacing,
+                                  names=space.names))
+        if k == 0:
+            save_slices_png(workdir / "slices.png", case.image, case.labels, pred, space,
+                            title=f"{config.get('loss')} — {case.id}")
+    keys = list(rows[0]) if rows else []
+    summary = {key: float(np.nanmean([r[key] for r in rows])) for key in keys}
+    lines = [f"# {workdir.name}: {config.get('loss')} on {config.data.name}", "",
+             f"{len(rows)} validation cases; mean ± std over cases.", "",
+             "| tissue | Dice | HD95 (mm) |", "|---|---|---|"]
+    for c in range(1, space.num_classes):
+        name = space.names[c]
+        d = np.array([r[f"dice_{name}"] for r in rows])
+        h = np.array([r[f"hd95_{name}"] for r in rows])
+        lines.append(f"| {name} | {np.nanmean(d):.3f} ± {np.nanstd(d):.3f} | {np.nanmean(h):.2f} ± {np.nanstd(h):.2f} |")
+    tmp = workdir / "report.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, workdir / "report.md")
+    tmp = workdir / "report.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, workdir / "report.json")
+    return summary

@@ -1,0 +1,75 @@
+r"""Segment NIfTI volumes with a trained workdir.
+
+    python -m experiments.predict --workdir=runs/default --input=scan.nii.gz --output=out/
+    python -m experiments.predict --workdir=runs/default --input=scans/ --output=out/ --probabilities
+
+Writes ``<name>_seg.nii.gz`` (int16 leaf labels) and, with ``--probabilities``,
+``<name>_probs.nii.gz`` (float32, 4D, one volume per leaf), with the input's affine and header.
+Bad input (missing file, not a NIfTI volume, NaN intensities, no workdir) exits with status 2 and
+a one-line error, before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from absl import app, flags
+
+from labelset_jax import cli, input_pipeline, train
+from labelset_jax.data import load_nifti, save_nifti
+from labelset_jax.inference import predict_volume
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
+_INPUT = flags.DEFINE_string("input", None, "A NIfTI file or a folder of them.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder.")
+_PROBS = flags.DEFINE_bool("probabilities", False, "Also write the probability maps.")
+_TTA = flags.DEFINE_bool("tta", False, "Left-right flip test-time augmentation.")
+flags.mark_flags_as_required(["workdir", "input", "output"])
+
+
+def input_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+        if not files:
+            raise ValueError(f"{path}: no .nii or .nii.gz file in the folder")
+        return files
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    return [path]
+
+
+def stem(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".nii")
+
+
+def main(argv):
+    cli.quiet_orbax()
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        files = input_files(Path(_INPUT.value))
+        volumes = [(f, *load_nifti(f)) for f in files]  # every file is checked before any work
+        predict, config, space = train.load_trained(_WORKDIR.value)
+    except (ValueError, FileNotFoundError) as e:
+        cli.fail(str(e))
+    output = Path(_OUTPUT.value)
+    output.mkdir(parents=True, exist_ok=True)
+    ev = config.get("eval", {})
+    progress = cli.Progress(len(volumes))
+    for path, image, affine, _ in volumes:
+        header = nib.load(path).header
+        probs, labels = predict_volume(
+            predict, input_pipeline.normalize_image(image)[None, ..., None],
+            roi_size=tuple(ev.get("roi_size", config.patch_size)), sw_batch_size=ev.get("sw_batch_size", 2),
+            overlap=ev.get("overlap", 0.5), tta=_TTA.value,
+        )
+        save_nifti(output / f"{stem(path)}_seg.nii.gz", np.asarray(labels[0], np.int16), affine, header=header)
+        if _PROBS.value:
+            save_nifti(output / f"{stem(path)}_probs.nii.gz", np.asarray(probs[0], np.float32), affine, header=header)
+        progress.update(path.name)
+
+
+if __name__ == "__main__":
+    app.run(main)

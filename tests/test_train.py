@@ -1,0 +1,176 @@
+"""The training system: one-step smoke tests of every config, resumption, determinism,
+1 vs 4 devices, non-finite losses, overfitting one phantom."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import default, feta, partial_supervision, volume_bias
+from labelset_jax import train
+from labelset_jax.writers import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+    """Shrinks a config to seconds on a CPU: 16³ patches, a 2-level 4-feature U-Net, 2 steps."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.num_steps = overrides.pop("num_steps", 2)
+    config.batch_size = overrides.pop("batch_size", 2)
+    config.patch_size = (16, 16, 16)
+    config.checkpoint_every = overrides.pop("checkpoint_every", 1)
+    config.eval_every = overrides.pop("eval_every", 2)
+    config.log_every = 1
+    config.model.preset = "small"
+    config.model.num_levels = 2
+    config.model.base_features = 4
+    config.model.max_features = 8
+    config.model.remat = False
+    config.model.dtype = "float32"
+    config.eval.roi_size = (16, 16, 16)
+    config.eval.tta = False
+    data = config.data
+    if data.name == "phantoms":
+        data.shape = (32, 32, 32)
+        data.protocols = {name: 1 for name in data.protocols}
+        data.num_val = 1
+    elif data.name == "synthetic":
+        data.shape = (16, 16, 16)
+        data.num_train, data.num_val = 2, 1
+    data.prefetch = 0
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+CONFIGS = [("default", default.get_config())]
+CONFIGS += [(f"partial_supervision:{m}", partial_supervision.get_config(m)) for m in partial_supervision.METHODS]
+CONFIGS += [(f"volume_bias:{a}", volume_bias.get_config(a)) for a in volume_bias.ARMS]
+
+
+@pytest.mark.parametrize("name, config", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_one_step_smoke(name, config, tmp_path):
+    result = train.train_and_evaluate(tiny(config, num_steps=1, eval_every=1), tmp_path)
+    assert np.isfinite(result["train/loss"])
+    assert 0.0 <= result["val/dice_mean"] <= 1.0
+    assert (tmp_path / "results.json").exists() and (tmp_path / "checkpoints").exists()
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert records[0]["step"] == 1 and "train/loss" in records[0]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_every_config_has_the_required_fields():
+    for _, config in CONFIGS + [("feta", feta.get_config("/nowhere"))]:
+        for field in train.REQUIRED_FIELDS:
+            assert field in config, field
+
+
+def test_feta_config_with_a_missing_folder_is_a_clear_error(tmp_path):
+    config = tiny(default.get_config())
+    config.data = feta.get_config(str(tmp_path / "missing")).data
+    with pytest.raises(ValueError, match="missing: not a folder"):
+        train.train_and_evaluate(config, tmp_path / "run")
+
+
+def test_bad_config_fields_are_named(tmp_path):
+    config = tiny(default.get_config(), loss="dice")
+    with pytest.raises(ValueError, match="unknown loss 'dice'"):
+        train.train_and_evaluate(config, tmp_path)
+    config = tiny(default.get_config(), batch_size=3)
+    if jax.device_count() > 1:
+        with pytest.raises(ValueError, match="batch_size"):
+            train.train_and_evaluate(config, tmp_path)
+
+
+def test_resume_gives_the_same_next_step_loss(tmp_path):
+    config = tiny(default.get_config(), num_steps=3, checkpoint_every=2, eval_every=0)
+    train.train_and_evaluate(config, tmp_path / "straight")
+    straight = {r["step"]: r["train/loss"] for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl")}
+
+    stopped = ml_collections.ConfigDict(config.to_dict())
+    stopped.num_steps = 2
+    train.train_and_evaluate(stopped, tmp_path / "resumed")
+    train.train_and_evaluate(config, tmp_path / "resumed")  # resumes from step 2
+    resumed = {r["step"]: r["train/loss"] for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")}
+    assert resumed[3] == pytest.approx(straight[3], rel=1e-6)
+
+
+def test_same_seed_same_trajectory(tmp_path):
+    config = tiny(default.get_config(), num_steps=3, eval_every=0, checkpoint_every=10)
+    a = train.train_and_evaluate(config, tmp_path / "a")
+    b = train.train_and_evaluate(config, tmp_path / "b")
+    assert a["train/loss"] == b["train/loss"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny(default.get_config(), num_steps=4, checkpoint_every=1, eval_every=0)
+    config.learning_rate = 1e30  # diverges
+    config.optimizer.grad_clip_norm = 0.0
+    config.optimizer.schedule = "constant"
+    config.optimizer.name = "sgd"
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        train.train_and_evaluate(config, tmp_path)
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved, "the good steps were checkpointed"
+    for record in read_jsonl(tmp_path / "metrics.jsonl"):
+        assert np.isfinite(record["train/loss"]) or record["step"] > max(saved)
+
+
+MULTI_DEVICE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
+    from tests.test_train import tiny
+    from configs import default
+    from labelset_jax import train
+    from labelset_jax.writers import read_jsonl
+    config = tiny(default.get_config(), num_steps=3, batch_size=4, eval_every=0, checkpoint_every=10)
+    config.loss_options = {"batch_dice": True}
+    train.train_and_evaluate(config, sys.argv[2])
+    print(json.dumps([r["train/loss"] for r in read_jsonl(sys.argv[2] + "/metrics.jsonl")]))
+    """
+)
+
+
+def test_one_and_four_devices_give_the_same_trajectory(tmp_path):
+    trajectories = {}
+    for n in (1, 4):
+        out = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(n), str(tmp_path / f"d{n}")],
+                             cwd=ROOT, capture_output=True, text=True, check=True)
+        trajectories[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(trajectories[4], trajectories[1], rtol=2e-4)
+
+
+def test_tiny_model_overfits_one_phantom(tmp_path):
+    """Dice > 0.9 on the training phantom itself within a small step budget."""
+    config = tiny(default.get_config(), num_steps=150, eval_every=0, checkpoint_every=1000)
+    config.loss = "soft_dice"
+    config.learning_rate = 1e-2
+    config.patch_size = (32, 32, 32)
+    config.eval.roi_size = (32, 32, 32)
+    config.model.num_levels = 3
+    config.model.base_features = 8
+    config.model.max_features = 16
+    config.data.protocols = {"full": 1}
+    config.data.augment = False
+    config.data.foreground_prob = 0.0
+    train.train_and_evaluate(config, tmp_path)
+    predict, _, space = train.load_trained(tmp_path, best=False)
+    datasets = train.input_pipeline.create_datasets(config.data, seed=config.seed)
+    case = datasets.train[0]
+    logits = predict(case.image[None, ..., None])
+    pred = np.asarray(logits[0].argmax(-1))
+    from labelset_jax.metrics import dice_score
+
+    scores = dice_score(pred, case.labels, labels=range(1, space.num_classes))
+    assert np.nanmean(scores) > 0.9, scores
