@@ -119,9 +119,36 @@ def leaf_targets(m: Array, size: Array) -> Array:
     return m * (size == 1)
 
 
+def channel_sum(x: Array) -> Array:
+    """``Σ_c x[..., c]`` with keepdims, unrolled over the static channel axis.
+
+    Same value as ``jnp.sum(x, axis=-1, keepdims=True)``; written as a sum of the ``C`` channel
+    slices so that XLA emits one elementwise pass (a minor-axis reduce over a short axis is slow on
+    XLA:CPU).
+    """
+    total = x[..., 0]
+    for c in range(1, x.shape[-1]):
+        total = total + x[..., c]
+    return total[..., None]
+
+
+def channel_logsumexp(z: Array) -> Array:
+    """``log Σ_c exp(z_c)`` with keepdims, stable (max-shifted), unrolled like :func:`channel_sum`."""
+    zmax = z[..., 0]
+    for c in range(1, z.shape[-1]):
+        zmax = jnp.maximum(zmax, z[..., c])
+    zmax = jax.lax.stop_gradient(zmax[..., None])
+    return zmax + jnp.log(channel_sum(jnp.exp(z - zmax)))
+
+
 def marginal_probs(probs: Array, m: Array, size: Array) -> Array:
-    """``Φ_g(p)``: the probability of each voxel's set spread evenly over its leaves."""
-    set_mass = jnp.sum(probs * m, axis=-1, keepdims=True)
+    """``Φ_g(p)``: the probability of each voxel's set spread evenly over its leaves.
+
+    ``Φ_g`` is linear and symmetric (it averages inside the set, the identity outside), an
+    orthogonal projection: it is its own adjoint, so the same function maps a gradient
+    ``∂L/∂Φ_g(p)`` to ``∂L/∂p`` (used by the Dice core's closed-form backward pass).
+    """
+    set_mass = channel_sum(probs * m)
     return jnp.where(m > 0, set_mass / size, probs)
 
 

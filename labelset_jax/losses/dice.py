@@ -52,16 +52,20 @@ class _DiceSpec:
     generalized: bool = False
 
 
+def _targets(m: Array, size: Array, spec: _DiceSpec) -> Array:
+    """``t`` from the membership rows: the leaf indicator or ``Φ(g)`` (one-hot on leaves)."""
+    if spec.target == "leaf":
+        return _common.leaf_targets(m, size)
+    return _common.uniform_targets(m, size)  # "onehot" (labels are leaves) or "uniform"
+
+
 def _voxel_maps(logits: Array, labels: Array, spec: _DiceSpec) -> tuple[Array, Array]:
     """``(p̂, t)``, both float32 ``[B, N, C]``, from the label-set maps of ``_common``."""
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     m, size = _common.gather_sets(labels, spec.space)
     if spec.prediction == "marginal":
         probs = _common.marginal_probs(probs, m, size)
-    if spec.target == "leaf":
-        targets = _common.leaf_targets(m, size)
-    else:  # "onehot" (labels are leaves, so m is the one-hot) or "uniform"
-        targets = _common.uniform_targets(m, size)
+    targets = _targets(m, size, spec)
     return _common.flatten_spatial(probs, channels=True), _common.flatten_spatial(targets, channels=True)
 
 
@@ -101,22 +105,47 @@ def _loss_from_sums(s_pt: Array, s_pp: Array, s_tt: Array, spec: _DiceSpec, batc
     return jnp.broadcast_to(loss, (batch,))
 
 
+def _core_maps(logits: Array, labels: Array, spec: _DiceSpec, lse: Array | None = None):
+    """``(p, p̂, t, m, size, lse)`` as ``[B, N, C]`` / ``[B, N, 1]`` arrays for the Dice core.
+
+    ``p = exp(z - lse)`` with ``lse`` the per-voxel log-sum-exp (computed here, or passed in from
+    the forward pass), so that the backward pass recomputes ``p`` with one ``exp`` per element.
+    """
+    z = _common.flatten_spatial(logits, channels=True).astype(jnp.float32)
+    m, size = _common.gather_sets(_common.flatten_spatial(labels, channels=False), spec.space)
+    if lse is None:
+        lse = _common.channel_logsumexp(z)
+    probs = jnp.exp(z - lse)
+    pred = _common.marginal_probs(probs, m, size) if spec.prediction == "marginal" else probs
+    return probs, pred, _targets(m, size, spec), m, size, lse
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _dice_core(logits: Array, labels: Array, spec: _DiceSpec) -> Array:
     """Per-sample Dice loss ``[B]`` of ``(p̂(logits, labels), t(labels))``; closed-form VJP."""
-    pred, targets = _voxel_maps(logits, labels, spec)
-    return _loss_from_sums(*_class_sums(pred, targets, spec), spec, logits.shape[0])
+    return _dice_core_fwd(logits, labels, spec)[0]
 
 
 def _dice_core_fwd(logits, labels, spec):
-    pred, targets = _voxel_maps(logits, labels, spec)
+    _, pred, targets, _, _, lse = _core_maps(logits, labels, spec)
     sums = _class_sums(pred, targets, spec)
-    return _loss_from_sums(*sums, spec, logits.shape[0]), (logits, labels, sums)
+    # Residuals: the inputs, the per-voxel lse ([B, N, 1], 1/C of the logits) and the [B, C] sums.
+    return _loss_from_sums(*sums, spec, logits.shape[0]), (logits, labels, lse, sums)
 
 
 def _dice_core_bwd(spec, residuals, g):
-    logits, labels, (s_pt, s_pp, s_tt) = residuals
-    # a = ∂L/∂S^pt and b = ∂L/∂S^pp on the [B, C] sums (S^tt does not depend on the logits).
+    r"""Closed-form VJP of the Dice core.
+
+    With ``a = ∂L/∂S^pt`` and ``b = ∂L/∂S^pp`` (``[B, C]``, by ``jax.vjp`` on the tiny sums):
+
+    * ``d = ∂L/∂p̂ = a t + b α p̂^{α-1}`` per voxel;
+    * marginal Dice: ``∂L/∂p = Φ_g(d)``, since ``Φ_g`` is a symmetric linear map (its own adjoint);
+    * softmax Jacobian: ``∂L/∂z_c = p_c (d_c - Σ_{c'} p_{c'} d_{c'})``.
+
+    One elementwise pass over ``logits`` and ``labels`` (plus the stored per-voxel ``lse``) writes
+    the gradient; no ``[B, N, C]`` array is kept from the forward pass.
+    """
+    logits, labels, lse, (s_pt, s_pp, s_tt) = residuals
     _, sums_vjp = jax.vjp(
         lambda pt, pp: _loss_from_sums(pt, pp, s_tt, spec, logits.shape[0]), s_pt, s_pp
     )
@@ -125,15 +154,12 @@ def _dice_core_bwd(spec, residuals, g):
         a, b = a[0][None, None], b[0][None, None]
     else:
         a, b = a[:, None], b[:, None]
-
-    def pred_fn(z):
-        return _voxel_maps(z, labels, spec)[0]
-
-    pred, pred_vjp = jax.vjp(pred_fn, logits.astype(jnp.float32))
-    targets = _voxel_maps(logits, labels, spec)[1]
-    d_pred = a * targets + b * (2.0 * pred if spec.squared else 1.0)
-    (d_logits,) = pred_vjp(d_pred)
-    return d_logits.astype(logits.dtype), None
+    probs, pred, targets, m, size, _ = _core_maps(logits, labels, spec, lse)
+    d = a * targets + (2.0 * b * pred if spec.squared else b)
+    if spec.prediction == "marginal":
+        d = _common.marginal_probs(d, m, size)
+    d_logits = probs * (d - _common.channel_sum(probs * d))
+    return d_logits.reshape(logits.shape).astype(logits.dtype), None
 
 
 _dice_core.defvjp(_dice_core_fwd, _dice_core_bwd)
