@@ -1,9 +1,9 @@
 """Batches per second of the patch loader with the default CPU training configuration.
 
-Default: 8 fetal brain phantoms of 64³ (a mix of full and partial annotations), global batch 2,
-patches 48³, default augmentation (flip, zoom 0.9-1.1, noise/contrast/gamma in the brain mask),
-foreground-biased patches, prefetch 2 in a background thread. Compare the printed rate with the
-training step rate of the same configuration: the loader must be faster to never stall training.
+Default: 8 fetal brain phantoms of 48³ (a mix of full and partial annotations), global batch 2,
+patches 32³ (as ``configs/default.py``), default augmentation (flip, zoom 0.9-1.1, noise/contrast/gamma in the brain mask),
+foreground-biased patches, prefetch 2 in a background thread. Then times the jitted train step of
+``configs/default.py`` in the same run and prints the ratio: the loader must be >= 2x faster.
 
 Run: ``python benchmarks/bench_loader.py`` (``--help`` for the options).
 """
@@ -19,12 +19,13 @@ from labelset_jax.data import Loader, phantom_cohort
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=8, help="number of phantom cases")
-    parser.add_argument("--size", type=int, default=64, help="phantom side (voxels)")
-    parser.add_argument("--patch", type=int, default=48, help="patch side (voxels)")
+    parser.add_argument("--size", type=int, default=48, help="phantom side (voxels), as configs/default.py")
+    parser.add_argument("--patch", type=int, default=32, help="patch side (voxels), as configs/default.py")
     parser.add_argument("--batch", type=int, default=2, help="global batch size")
     parser.add_argument("--batches", type=int, default=200, help="timed batches")
     parser.add_argument("--prefetch", type=int, default=2, help="prefetched batches (0: synchronous)")
     parser.add_argument("--no-augment", action="store_true", help="plain random patches")
+    parser.add_argument("--train-steps", type=int, default=10, help="timed train steps of configs/default.py (0: skip)")
     args = parser.parse_args()
 
     n_full = max(1, args.cases // 4)
@@ -70,7 +71,43 @@ def main() -> None:
     start = time.perf_counter()
     for step in range(args.batches):
         sync.batch(step)
-    print(f"synchronous batch(): {args.batches / (time.perf_counter() - start):.1f} batches/s")
+    sync_rate = args.batches / (time.perf_counter() - start)
+    print(f"synchronous batch(): {sync_rate:.1f} batches/s")
+
+    if args.train_steps:
+        step_rate = train_step_rate(args.train_steps)
+        print(f"default-config train step ({args.train_steps} timed steps): {step_rate:.2f} steps/s")
+        print(f"loader rate / train-step rate: prefetching {rate / step_rate:.0f}x, synchronous {sync_rate / step_rate:.0f}x "
+              "(target >= 2x)")
+
+
+def train_step_rate(steps: int) -> float:
+    """Steps/s of the jitted train step of ``configs/default.py`` on its own batches (compiled first)."""
+    import jax
+    import ml_collections
+    from flax import nnx
+
+    from configs import default
+    from labelset_jax import input_pipeline, train
+    from labelset_jax.models import create_model
+
+    config = default.get_config()
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    data.protocols = {"full": 1, "wm_vent_cereb": 1}
+    datasets = input_pipeline.create_datasets(data, seed=0)
+    loader = input_pipeline.create_loader(config, datasets.train)
+    model = create_model(config.model, num_classes=datasets.label_space.num_classes, rngs=nnx.Rngs(0))
+    mesh = train.make_mesh()
+    with jax.set_mesh(mesh), loader:
+        trainer, state = train.create_trainer(config, model, datasets.label_space, mesh)
+        batches = [train.shard_batch(next(loader), trainer.data_sharding) for _ in range(steps + 1)]
+        state, out = trainer.train_step(state, *batches[0])  # compile
+        jax.block_until_ready(out)
+        start = time.perf_counter()
+        for batch in batches[1:]:
+            state, out = trainer.train_step(state, *batch)
+        jax.block_until_ready(out)
+        return steps / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":

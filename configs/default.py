@@ -13,23 +13,23 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.num_steps = 600
+    config.num_steps = 400
     config.batch_size = 2
-    config.patch_size = (48, 48, 48)
+    config.patch_size = (32, 32, 32)
     config.loss = "leaf_dice"
     config.loss_options = ml_collections.ConfigDict()
     config.learning_rate = 3e-3
     config.optimizer = ml_collections.ConfigDict(
         dict(name="adam", schedule="cosine", warmup_steps=20, grad_clip_norm=1.0)
     )
-    config.checkpoint_every = 200
+    config.checkpoint_every = 100
     config.keep_checkpoints = 2
     config.eval_every = 200
     config.log_every = 20
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "phantoms"
-    config.data.shape = (64, 64, 64)
+    config.data.shape = (48, 48, 48)
     config.data.num_val = 3
     # Training cases per annotation protocol (SPEC §4): a few full "atlases", many partial volumes.
     config.data.protocols = ml_collections.ConfigDict(
@@ -52,6 +52,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
 
     config.eval = ml_collections.ConfigDict(
-        dict(roi_size=(48, 48, 48), overlap=0.25, sw_batch_size=2, mode="gaussian", tta=False)
+        dict(roi_size=(32, 32, 32), overlap=0.25, sw_batch_size=2, mode="gaussian", tta=False)
     )
     return config

@@ -185,7 +185,7 @@ def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray
 
     # Deep grey nuclei (two blobs), then the lateral ventricles (curved blobs) above them.
     dgm_c = (rng.uniform(0.24, 0.28), rng.uniform(-0.02, 0.08), rng.uniform(-0.20, -0.12))
-    dgm_r = (thick(0.15, 0.19), thick(0.22, 0.28), thick(0.14, 0.18))
+    dgm_r = (thick(0.18, 0.21), thick(0.24, 0.29), thick(0.16, 0.19))
     vent_size = 1.15 - 0.3 * maturity
     vent_c = (rng.uniform(0.14, 0.17), rng.uniform(-0.06, 0.04), rng.uniform(0.05, 0.09))
     vent_r = (thick(0.10, 0.13) * vent_size, rng.uniform(0.32, 0.40), thick(0.12, 0.15) * vent_size)
@@ -199,7 +199,7 @@ def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray
     # Brainstem: a slightly tilted cylinder with a rounded top, leaving the brain inferiorly, in a
     # CSF sheath where it is outside the brain envelope.
     bs_y, bs_top, tilt = rng.uniform(-0.24, -0.18), rng.uniform(-0.22, -0.14), rng.uniform(0.1, 0.25)
-    bs_r = (thick(0.10, 0.13), thick(0.10, 0.13))
+    bs_r = (thick(0.13, 0.16), thick(0.13, 0.16))
     axis_y = bs_y + tilt * (u[2] - bs_top)
     radial = (u[0] / bs_r[0]) ** 2 + ((u[1] - axis_y) / bs_r[1]) ** 2
     cap = np.maximum(u[2] - bs_top, 0.0) / bs_r[1]
