@@ -174,3 +174,12 @@ def test_tiny_model_overfits_one_phantom(tmp_path):
 
     scores = dice_score(pred, case.labels, labels=range(1, space.num_classes))
     assert np.nanmean(scores) > 0.9, scores
+
+
+def test_deep_supervision_and_remat_train(tmp_path):
+    config = tiny(default.get_config(), num_steps=1, eval_every=1)
+    config.model.num_levels = 3
+    config.model.deep_supervision = True
+    config.model.remat = True
+    result = train.train_and_evaluate(config, tmp_path)
+    assert np.isfinite(result["train/loss"]) and 0.0 <= result["val/dice_mean"] <= 1.0
