@@ -2,260 +2,525 @@
 
 Conventions:
 
-* **Dice** per leaf on hard label maps, ``2TP / (2TP + FP + FN)``. Both masks empty → NaN (the
-  leaf is absent and correctly predicted absent), excluded from means as MONAI's
-  ``ignore_empty=True``.
-* **HD95**: MONAI's convention — for each direction, the 95th percentile of the distances from the
-  surface voxels of one mask to the nearest surface voxel of the other, in millimetres (voxel
-  spacing of the header); the larger of the two. Surface voxels are the mask minus its erosion with
-  the 6-connected structuring element. Both masks empty → NaN; exactly one empty → the image
-  diagonal in millimetres (or ``empty_cap``).
-* **Volumes** in ml (1 ml = 1000 mm³); soft volumes sum probabilities, hard volumes count voxels.
-* **Partial ground truth** is evaluated only on the leaves its protocol annotates; the others are
-  reported as NaN. A set voxel is *not* any annotated leaf (the set is the complement of the
-  annotated leaves), so it counts as negative for every annotated leaf.
+* **Dice** per leaf on hard label maps, ``2TP / (2TP + FP + FN)``. Both masks empty → NaN by
+  default (the leaf is absent and correctly predicted absent; nothing to score), so the case drops
+  out of ``np.nanmean``, like MONAI's ``DiceMetric(ignore_empty=True)``; ``empty=1.0`` scores it
+  as perfect instead.
+* **HD95** follows MONAI's ``compute_hausdorff_distance(percentile=95, directed=False)``: surface
+  voxels are the mask minus its binary erosion with the **6-connected** (face-neighbour)
+  structuring element, voxels on the image border included; for each direction, the 95th
+  percentile (linear interpolation) of the distances in millimetres from the surface voxels of one
+  mask to the nearest surface voxel of the other; the larger of the two directed values. Both masks
+  empty → NaN; exactly one empty → the image diagonal in millimetres (or ``empty_cap``).
+* **Volumes** in ml (1 ml = 1000 mm³): a soft volume sums probabilities, a hard volume counts the
+  voxels of a mask.
+* **Calibration**: top-label expected calibration error over voxels with equal-width bins.
+* **Partial ground truth** is scored only on the leaves its protocol annotates; the others are
+  reported as NaN. A voxel with a set id (``>= num_classes``) is negative for every annotated
+  leaf: an annotation protocol delineates each annotated leaf completely and gives the remaining
+  voxels the set of the *non-annotated* leaves, so a set voxel is known not to be any annotated
+  leaf. Predicting an annotated leaf there is a false positive; which non-annotated leaf is
+  predicted there (or anywhere) does not affect the scores.
+* **Statistics** over cases: percentile bootstrap confidence intervals and the paired Wilcoxon
+  signed-rank test; both drop NaN values (cases where a metric is undefined).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage, stats
 
 __all__ = [
     "dice_score", "hausdorff95", "volumes_ml", "volume_error", "VolumeError",
-    "expected_calibration_error", "reliability_curve", "evaluate_case", "bootstrap_ci", "paired_wilcoxon",
+    "reliability_curve", "ReliabilityCurve", "expected_calibration_error", "evaluate_case",
+    "bootstrap_ci", "ConfidenceInterval", "paired_wilcoxon", "WilcoxonResult",
 ]
 
 
-def _same_shape(a, b, names=("pred", "true")):
+# --------------------------------------------------------------------------- argument checks
+
+
+def _check_same_shape(a, b, names: tuple[str, str]) -> None:
     if np.shape(a) != np.shape(b):
         raise ValueError(f"{names[0]} shape {np.shape(a)} differs from {names[1]} shape {np.shape(b)}")
 
 
-def _spacing(spacing, ndim) -> np.ndarray:
-    spacing = np.broadcast_to(np.asarray(spacing, np.float64), (ndim,)) if np.ndim(spacing) == 0 else np.asarray(spacing, np.float64)
-    if spacing.shape != (ndim,) or np.any(spacing <= 0):
-        raise ValueError(f"spacing must be {ndim} positive sizes, got {spacing.tolist()}")
+def _label_map(x, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.integer) or x.dtype == bool):
+        raise ValueError(f"{name} must be an integer label map, got dtype {x.dtype}")
+    return x
+
+
+def _binary_mask(x, name: str) -> np.ndarray:
+    """A boolean mask from a boolean array or one holding only 0 and 1."""
+    x = np.asarray(x)
+    if x.dtype != bool:
+        if x.size and not np.all((x == 0) | (x == 1)):
+            raise ValueError(f"{name} must be a binary mask (bool or 0/1), got values outside {{0, 1}}")
+        x = x.astype(bool)
+    return x
+
+
+def _spacing(spacing, ndim: int) -> np.ndarray:
+    """Voxel sizes in mm, one per axis; a scalar means isotropic voxels."""
+    spacing = np.asarray(spacing, np.float64)
+    if spacing.ndim == 0:
+        spacing = np.full(ndim, float(spacing))
+    if spacing.shape != (ndim,) or not np.all(np.isfinite(spacing) & (spacing > 0)):
+        raise ValueError(f"spacing must be one positive voxel size per axis ({ndim}), got {spacing.tolist()}")
     return spacing
 
 
+# --------------------------------------------------------------------------- overlap and distance
+
+
 def dice_score(pred: np.ndarray, true: np.ndarray, *, labels: Iterable[int], empty: float = float("nan")) -> np.ndarray:
-    """Per-leaf Dice ``2TP/(2TP+FP+FN)`` of two hard label maps.
+    r"""Per-leaf Dice of two hard label maps.
+
+    .. math:: \mathrm{Dice}_c = \frac{2\,TP_c}{2\,TP_c + FP_c + FN_c}
+              = \frac{2\,|P_c \cap T_c|}{|P_c| + |T_c|},
+              \quad P_c = \{pred = c\},\ T_c = \{true = c\}.
 
     Args:
-      pred, true: integer label maps of one shape.
+      pred: integer label map.
+      true: integer label map of the same shape.
       labels: the leaves to score.
-      empty: the value when both masks are empty (NaN by default: excluded from ``nanmean``).
+      empty: the value when both masks are empty; NaN by default, so that the leaf drops out of
+        ``np.nanmean`` (MONAI's ``ignore_empty=True``). ``1.0`` scores it as perfect.
 
     Returns:
       float64 ``[len(labels)]``.
 
+    Raises:
+      ValueError: if the shapes differ or a map is not integer.
+
     >>> dice_score(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), labels=[1, 2, 3]).tolist()
     [0.6666666666666666, 0.6666666666666666, nan]
+    >>> dice_score(np.array([0, 1]), np.array([0, 1]), labels=[3], empty=1.0).tolist()
+    [1.0]
     """
-    _same_shape(pred, true)
-    pred, true = np.asarray(pred), np.asarray(true)
-    out = []
+    pred, true = _label_map(pred, "pred"), _label_map(true, "true")
+    _check_same_shape(pred, true, ("pred", "true"))
+    empty = float(empty)
+    scores = []
     for c in labels:
         p, t = pred == c, true == c
-        tp = np.count_nonzero(p & t)
-        denom = np.count_nonzero(p) + np.count_nonzero(t)
-        out.append(2.0 * tp / denom if denom else empty)
-    return np.array(out, np.float64)
+        denominator = np.count_nonzero(p) + np.count_nonzero(t)
+        scores.append(2.0 * np.count_nonzero(p & t) / denominator if denominator else empty)
+    return np.array(scores, np.float64)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0)
+    """The voxels of ``mask`` with a face neighbour outside it (or outside the image)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)  # 6-connected in 3D
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
 
-def hausdorff95(pred_mask: np.ndarray, true_mask: np.ndarray, *, spacing: Sequence[float] | float = 1.0,
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The smallest box holding ``mask``, grown by ``margin`` voxels and clipped to the image."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(hits[0] - margin, 0), min(hits[-1] + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
+def _directed_percentile(source: np.ndarray, target: np.ndarray, spacing: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile of the distances from the voxels of ``source`` to the nearest
+    voxel of ``target``, in mm."""
+    distance_to_target = ndimage.distance_transform_edt(~target, sampling=spacing)
+    return float(np.percentile(distance_to_target[source], q))
+
+
+def hausdorff95(pred_mask: np.ndarray, true_mask: np.ndarray, *, spacing: Sequence[float] | float,
                 empty_cap: float | None = None) -> float:
-    """95th-percentile symmetric Hausdorff distance in millimetres (MONAI's convention, above).
+    r"""95th-percentile Hausdorff distance between two masks, in millimetres (MONAI's convention).
+
+    With ``∂A`` the surface voxels of ``A`` (``A`` minus its 6-connected erosion; voxels on the
+    image border are surface voxels) and ``d(x, S) = min_{y ∈ S} ‖(x − y) ⊙ spacing‖₂``:
+
+    .. math:: \mathrm{HD95}(A, B) = \max\big(P_{95}\{d(x, ∂B) : x ∈ ∂A\},\;
+              P_{95}\{d(y, ∂A) : y ∈ ∂B\}\big)
+
+    i.e. the percentile of each directed distance set, then the larger of the two (MONAI), not
+    the percentile of the pooled sets. Percentiles interpolate linearly (``np.percentile``).
 
     Args:
-      pred_mask, true_mask: boolean masks of one shape.
-      spacing: voxel size in mm per axis (anisotropic allowed).
-      empty_cap: the value when exactly one mask is empty (default: the image diagonal in mm).
+      pred_mask: boolean (or 0/1) mask.
+      true_mask: boolean (or 0/1) mask of the same shape.
+      spacing: voxel size in mm per axis (anisotropic allowed), or one number for isotropic voxels.
+      empty_cap: the value when exactly one mask is empty; by default the image diagonal in mm,
+        ``‖shape ⊙ spacing‖₂``, the largest distance within the image.
 
     Returns:
       The distance in mm; NaN when both masks are empty.
+
+    Raises:
+      ValueError: if the shapes differ, a mask is not binary or ``spacing`` does not give one
+        positive size per axis.
 
     >>> a = np.zeros((1, 10), bool); a[0, 2:5] = True
     >>> b = np.zeros((1, 10), bool); b[0, 4:7] = True
     >>> hausdorff95(a, b, spacing=(1.0, 2.0))
     3.8
+    >>> hausdorff95(a, np.zeros_like(a), spacing=(1.0, 2.0), empty_cap=100.0)
+    100.0
     """
-    _same_shape(pred_mask, true_mask, ("pred_mask", "true_mask"))
-    a, b = np.asarray(pred_mask, bool), np.asarray(true_mask, bool)
+    a, b = _binary_mask(pred_mask, "pred_mask"), _binary_mask(true_mask, "true_mask")
+    _check_same_shape(a, b, ("pred_mask", "true_mask"))
     spacing = _spacing(spacing, a.ndim)
-    if not a.any() and not b.any():
+    a_empty, b_empty = not a.any(), not b.any()
+    if a_empty and b_empty:
         return float("nan")
-    if not a.any() or not b.any():
+    if a_empty or b_empty:
         return float(empty_cap) if empty_cap is not None else float(np.linalg.norm(np.array(a.shape) * spacing))
-    sa, sb = _surface(a), _surface(b)
-    to_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
-    to_a = ndimage.distance_transform_edt(~sa, sampling=spacing)
-    return float(max(np.percentile(to_b[sa], 95), np.percentile(to_a[sb], 95)))
+    # All surface voxels lie in the bounding box of A ∪ B; one voxel of margin keeps the erosion
+    # exact, and the distance transform of the crop is exact since it holds every target voxel.
+    box = _bounding_box(a | b, margin=1)
+    surface_a, surface_b = _surface(a[box]), _surface(b[box])
+    return max(_directed_percentile(surface_a, surface_b, spacing, 95.0),
+               _directed_percentile(surface_b, surface_a, spacing, 95.0))
 
 
-def volumes_ml(prediction: np.ndarray, *, spacing: Sequence[float]) -> float:
-    """Volume in ml of a mask (voxel count) or of a probability map (sum of probabilities).
+# --------------------------------------------------------------------------- volumes
+
+
+def volumes_ml(prediction: np.ndarray, *, spacing: Sequence[float] | float) -> float:
+    r"""Volume in ml of a mask (voxel count) or of a probability map (sum of probabilities).
+
+    .. math:: V = \frac{\prod_i s_i}{1000} \sum_v p_v \quad [\mathrm{ml}],
+              \ s = \text{spacing in mm}
+
+    Args:
+      prediction: a boolean mask, or probabilities of one class in ``[0, 1]``.
+      spacing: voxel size in mm per axis, or one number for isotropic voxels.
+
+    Returns:
+      The volume in ml.
 
     >>> volumes_ml(np.full((10, 10, 10), 0.5), spacing=(1.0, 1.0, 2.0))
+    1.0
+    >>> volumes_ml(np.ones((10, 10, 10), bool), spacing=1.0)
     1.0
     """
     prediction = np.asarray(prediction)
     spacing = _spacing(spacing, prediction.ndim)
+    if prediction.dtype != bool and prediction.size and (prediction.min() < 0 or prediction.max() > 1):
+        raise ValueError("prediction must be a boolean mask or probabilities in [0, 1]")
     return float(np.sum(prediction, dtype=np.float64) * np.prod(spacing) / 1000.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class VolumeError:
-    """Signed volume errors ``V_pred − V_true`` in ml, and relative to ``V_true``."""
+    """Volume errors of a prediction, in ml.
 
+    Attributes:
+      true: the reference volume ``V_true``.
+      soft: ``V_soft − V_true``, with ``V_soft`` the sum of the probabilities.
+      hard: ``V_hard − V_true``, with ``V_hard`` the volume of ``probs > threshold``.
+      relative_soft: ``soft / V_true`` (NaN when ``V_true = 0``).
+      relative_hard: ``hard / V_true`` (NaN when ``V_true = 0``).
+    """
+
+    true: float
     soft: float
     hard: float
     relative_soft: float
     relative_hard: float
-    true: float
 
 
-def volume_error(probs: np.ndarray, true: np.ndarray | float, *, spacing: Sequence[float], threshold: float = 0.5) -> VolumeError:
-    """Signed volume error of a probability map, soft (sum of probabilities) and hard
-    (``probs > threshold``), against a reference mask or a reference volume in ml (e.g. the
-    expected volume ``E[V]`` when ``q`` is known).
+def volume_error(probs: np.ndarray, true: np.ndarray | float, *, spacing: Sequence[float] | float,
+                 threshold: float = 0.5) -> VolumeError:
+    """Signed volume errors ``V_pred − V_true`` of one class's probability map, soft and hard.
+
+    The soft volume sums the probabilities (the expected volume under the model); the hard volume
+    counts the voxels with ``probs > threshold``. For a probability map from a softmax over
+    several leaves, pass ``probs[..., c]``; the argmax mask ``labels == c`` can be scored as a
+    hard prediction by passing it as ``probs``.
+
+    Args:
+      probs: probabilities of one class in ``[0, 1]``, or a binary mask.
+      true: the reference: a binary mask of the same shape, or a volume in ml (e.g. the expected
+        volume of a synthetic case whose voxel-wise probabilities are known).
+      spacing: voxel size in mm per axis, or one number for isotropic voxels.
+      threshold: the probability above which a voxel belongs to the hard prediction.
+
+    Returns:
+      A :class:`VolumeError`.
 
     >>> e = volume_error(np.array([[[0.9, 0.6, 0.2]]]), np.array([[[1, 0, 0]]]), spacing=(10, 10, 10))
-    >>> round(e.soft, 3), round(e.hard, 3), round(e.relative_soft, 3)
-    (0.7, 1.0, 0.7)
+    >>> round(e.true, 3), round(e.soft, 3), round(e.hard, 3), round(e.relative_soft, 3)
+    (1.0, 0.7, 1.0, 0.7)
     """
-    probs = np.asarray(probs, np.float64)
+    probs = np.asarray(probs)
     if np.ndim(true) == 0:
         v_true = float(true)
     else:
-        _same_shape(probs, true, ("probs", "true"))
-        v_true = volumes_ml(np.asarray(true, bool), spacing=spacing)
+        _check_same_shape(probs, true, ("probs", "true"))
+        v_true = volumes_ml(_binary_mask(true, "true"), spacing=spacing)
     soft = volumes_ml(probs, spacing=spacing) - v_true
     hard = volumes_ml(probs > threshold, spacing=spacing) - v_true
-    rel = (lambda d: d / v_true) if v_true > 0 else (lambda d: float("nan"))
-    return VolumeError(soft, hard, rel(soft), rel(hard), v_true)
+    def relative(error: float) -> float:
+        return error / v_true if v_true > 0 else float("nan")
+
+    return VolumeError(true=v_true, soft=soft, hard=hard, relative_soft=relative(soft), relative_hard=relative(hard))
 
 
-def reliability_curve(probs: np.ndarray, labels: np.ndarray, *, num_bins: int = 15):
-    """Per confidence bin: ``(mean confidence, accuracy, count)`` of the top-label prediction.
+# --------------------------------------------------------------------------- calibration
+
+
+class ReliabilityCurve(NamedTuple):
+    """Reliability-diagram data: one entry per equal-width confidence bin of ``[0, 1]``.
+
+    Attributes:
+      confidence: mean top-label confidence of the voxels in the bin (NaN when empty).
+      accuracy: fraction of those voxels whose top label is right (NaN when empty).
+      count: number of voxels in the bin.
+    """
+
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    count: np.ndarray
+
+    @property
+    def edges(self) -> np.ndarray:
+        """The ``num_bins + 1`` bin edges."""
+        return np.linspace(0.0, 1.0, len(self.count) + 1)
+
+
+def reliability_curve(probs: np.ndarray, labels: np.ndarray, *, num_bins: int = 15,
+                      mask: np.ndarray | None = None) -> ReliabilityCurve:
+    """Top-label reliability diagram over voxels.
+
+    Each voxel's confidence is ``max_k p_k`` and it is correct when ``argmax_k p_k == label``.
+    Bin ``b`` holds the confidences in ``[b/n, (b+1)/n)`` (the last bin includes 1).
 
     Args:
       probs: ``[..., K]`` probabilities.
       labels: ``[...]`` true leaves.
-      num_bins: equal-width bins over ``[0, 1]``.
+      num_bins: the number ``n`` of equal-width bins over ``[0, 1]``.
+      mask: ``[...]`` voxels to include (default all); e.g. ``labels < num_classes`` to leave out
+        the set voxels of a partial ground truth, whose leaf is unknown.
 
     Returns:
-      Three ``[num_bins]`` arrays (NaN confidence/accuracy in empty bins).
+      A :class:`ReliabilityCurve` of ``[num_bins]`` arrays.
+
+    >>> curve = reliability_curve(np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]]), np.array([0, 1, 1]),
+    ...                           num_bins=2)
+    >>> curve.confidence.tolist(), curve.accuracy.tolist(), curve.count.tolist()
+    ([nan, 0.8], [nan, 0.6666666666666666], [0.0, 3.0])
     """
-    probs = np.asarray(probs, np.float64)
-    if probs.shape[:-1] != np.shape(labels):
-        raise ValueError(f"probs {probs.shape} must be labels {np.shape(labels)} plus a class axis")
-    confidence = probs.max(-1).ravel()
-    correct = (probs.argmax(-1) == np.asarray(labels)).ravel()
-    bins = np.minimum((confidence * num_bins).astype(int), num_bins - 1)
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    if probs.ndim < 1 or probs.shape[:-1] != labels.shape:
+        raise ValueError(f"probs shape {probs.shape} must be the labels shape {labels.shape} plus a class axis")
+    if int(num_bins) < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    confidence = probs.max(-1).astype(np.float64)
+    correct = probs.argmax(-1) == labels
+    if mask is not None:
+        mask = _binary_mask(mask, "mask")
+        _check_same_shape(mask, labels, ("mask", "labels"))
+        confidence, correct = confidence[mask], correct[mask]
+    confidence, correct = confidence.ravel(), correct.ravel()
+    bins = np.clip((confidence * num_bins).astype(np.int64), 0, num_bins - 1)
     count = np.bincount(bins, minlength=num_bins).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(bins, confidence, num_bins) / count
+        mean_confidence = np.bincount(bins, confidence, num_bins) / count
         accuracy = np.bincount(bins, correct, num_bins) / count
-    return mean_conf, accuracy, count
+    return ReliabilityCurve(mean_confidence, accuracy, count)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, num_bins: int = 15) -> float:
-    r"""Top-label expected calibration error over voxels:
-    ``ECE = Σ_b (n_b / n) |acc_b − conf_b|`` with equal-width confidence bins.
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, num_bins: int = 15,
+                               mask: np.ndarray | None = None) -> float:
+    r"""Top-label expected calibration error over voxels, with equal-width confidence bins.
 
-    >>> probs = np.array([[0.9, 0.1]] * 10)
-    >>> labels = np.array([0] * 9 + [1])
-    >>> round(expected_calibration_error(probs, labels), 6)
-    0.0
-    """
-    conf, acc, count = reliability_curve(probs, labels, num_bins=num_bins)
-    used = count > 0
-    return float(np.sum(count[used] / count.sum() * np.abs(acc[used] - conf[used])))
+    .. math:: \mathrm{ECE} = \sum_b \frac{n_b}{N}\,\lvert \mathrm{acc}_b - \mathrm{conf}_b \rvert
 
-
-def evaluate_case(pred: np.ndarray, true: np.ndarray, *, num_classes: int, spacing: Sequence[float],
-                  annotated: Iterable[int] | None = None, names: Sequence[str] | None = None) -> dict[str, float]:
-    """Dice and HD95 per leaf of one case, only on the leaves its ground truth annotates.
+    with the bins of :func:`reliability_curve`.
 
     Args:
-      pred: predicted leaf map.
-      true: ground-truth label ids (leaves, and set ids ``>= num_classes`` for partial truth).
-      num_classes: ``C``.
-      spacing: voxel size in mm.
-      annotated: the annotated leaves (default all); the others get NaN.
-      names: leaf names for the keys (default ``label_<c>``).
+      probs: ``[..., K]`` probabilities.
+      labels: ``[...]`` true leaves.
+      num_bins: the number of equal-width bins over ``[0, 1]``.
+      mask: ``[...]`` voxels to include (default all).
 
     Returns:
-      ``{"dice_<name>": ..., "hd95_<name>": ...}`` for every leaf but the background.
+      The ECE in ``[0, 1]``; NaN when no voxel is included.
+
+    >>> probs = np.array([[0.9, 0.1]] * 10)
+    >>> round(expected_calibration_error(probs, np.array([0] * 9 + [1])), 6)  # 90 % right at 0.9
+    0.0
+    >>> round(expected_calibration_error(probs, np.array([0] * 5 + [1] * 5)), 6)  # 50 % right at 0.9
+    0.4
+    """
+    curve = reliability_curve(probs, labels, num_bins=num_bins, mask=mask)
+    total = curve.count.sum()
+    if total == 0:
+        return float("nan")
+    used = curve.count > 0
+    return float(np.sum(curve.count[used] / total * np.abs(curve.accuracy[used] - curve.confidence[used])))
+
+
+# --------------------------------------------------------------------------- one case
+
+
+def evaluate_case(pred: np.ndarray, true: np.ndarray, *, num_classes: int, spacing: Sequence[float] | float,
+                  annotated: Iterable[int] | None = None, names: Sequence[str] | None = None,
+                  include_background: bool = False) -> dict[str, float]:
+    """Dice and HD95 per leaf of one case, scored only on the leaves its ground truth annotates.
+
+    For an annotated leaf ``c`` the true mask is ``true == c``: a voxel with a set id is negative
+    for ``c``, since a partial annotation gives the set of the non-annotated leaves to every voxel
+    whose leaf it does not delineate. Predicting ``c`` in a set voxel is therefore a false positive,
+    while the choice among non-annotated leaves never changes a score. Leaves outside
+    ``annotated`` are reported as NaN (their true masks are unknown).
+
+    Args:
+      pred: predicted leaf map (ids ``0..num_classes-1``).
+      true: ground-truth label ids: leaves, and set ids ``>= num_classes`` for a partial truth.
+      num_classes: the number of leaves ``C``.
+      spacing: voxel size in mm per axis (for HD95).
+      annotated: the leaves the ground truth annotates (default all).
+      names: the ``C`` leaf names used in the keys (default ``label_<c>``).
+      include_background: also score leaf 0.
+
+    Returns:
+      ``{"dice_<name>": ..., "hd95_<name>": ...}`` for every leaf (but the background unless
+      ``include_background``), in leaf order; NaN where a leaf is not annotated or, following
+      :func:`dice_score` and :func:`hausdorff95`, absent from both maps.
+
+    Raises:
+      ValueError: on mismatched shapes, ids out of range or a wrong number of names.
 
     >>> out = evaluate_case(np.array([[[0, 1, 2, 2]]]), np.array([[[0, 1, 3, 3]]]), num_classes=3,
     ...                     spacing=(1, 1, 1), annotated=[0, 1])
-    >>> out["dice_label_1"], out["dice_label_2"]
-    (1.0, nan)
+    >>> out
+    {'dice_label_1': 1.0, 'hd95_label_1': 0.0, 'dice_label_2': nan, 'hd95_label_2': nan}
     """
-    _same_shape(pred, true)
-    names = list(names) if names is not None else [f"label_{c}" for c in range(num_classes)]
-    annotated = set(range(num_classes) if annotated is None else annotated)
-    pred, true = np.asarray(pred), np.asarray(true)
+    pred, true = _label_map(pred, "pred"), _label_map(true, "true")
+    _check_same_shape(pred, true, ("pred", "true"))
+    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(f"pred must hold leaf ids in [0, {num_classes}), got [{pred.min()}, {pred.max()}]")
+    if true.size and true.min() < 0:
+        raise ValueError(f"true must hold non-negative label ids, got {true.min()}")
+    names = [f"label_{c}" for c in range(num_classes)] if names is None else list(names)
+    if len(names) != num_classes:
+        raise ValueError(f"names must give the {num_classes} leaves a name each, got {len(names)}")
+    annotated = set(range(num_classes)) if annotated is None else {int(c) for c in annotated}
+    if not annotated <= set(range(num_classes)):
+        raise ValueError(f"annotated must be leaves in [0, {num_classes}), got {sorted(annotated)}")
+    spacing = _spacing(spacing, pred.ndim)
     out = {}
-    for c in range(1, num_classes):
+    for c in range(0 if include_background else 1, num_classes):
+        dice = hd95 = float("nan")
         if c in annotated:
-            out[f"dice_{names[c]}"] = float(dice_score(pred, true, labels=[c])[0])
-            out[f"hd95_{names[c]}"] = hausdorff95(pred == c, true == c, spacing=spacing)
-        else:
-            out[f"dice_{names[c]}"] = out[f"hd95_{names[c]}"] = float("nan")
+            dice = float(dice_score(pred, true, labels=[c])[0])
+            hd95 = hausdorff95(pred == c, true == c, spacing=spacing)
+        out[f"dice_{names[c]}"], out[f"hd95_{names[c]}"] = dice, hd95
     return out
 
 
-def bootstrap_ci(values: Sequence[float], *, num_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0,
-                 statistic: Callable[..., np.ndarray] = np.mean) -> tuple[float, float, float]:
-    """``(estimate, low, high)``: the statistic and its percentile bootstrap interval (NaNs dropped).
+# --------------------------------------------------------------------------- statistics over cases
 
-    ``statistic`` must accept an ``axis`` argument (it is applied to a ``[num_resamples, n]``
-    array of resamples at once).
+
+class ConfidenceInterval(NamedTuple):
+    """A statistic and its confidence interval."""
+
+    estimate: float
+    low: float
+    high: float
+
+
+def bootstrap_ci(values: Sequence[float], *, num_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0,
+                 statistic: Callable[..., np.ndarray] = np.mean) -> ConfidenceInterval:
+    """A statistic of per-case values and its percentile bootstrap confidence interval.
+
+    NaN values (cases where the metric is undefined) are dropped. The ``num_resamples`` resamples
+    of the ``n`` values (drawn with replacement) are evaluated at once, in chunks of at most
+    ``2**22`` drawn values, so ``statistic`` must accept an ``axis`` argument (``np.mean``,
+    ``np.median``, ...). With ``α = 1 − confidence``, the interval is the ``α/2`` and
+    ``1 − α/2`` quantiles of the resampled statistics.
+
+    Args:
+      values: ``[n]`` per-case values.
+      num_resamples: the number of bootstrap resamples.
+      confidence: the coverage of the interval, in ``(0, 1)``.
+      seed: seed of the NumPy generator (the result is deterministic).
+      statistic: ``statistic(x, axis=...)``, reducing the given axis.
+
+    Returns:
+      ``ConfidenceInterval(estimate, low, high)`` with ``estimate = statistic(values)``; all NaN
+      when no value is left.
 
     >>> est, lo, hi = bootstrap_ci(np.arange(10.0), num_resamples=2000)
     >>> est, lo < est < hi
     (4.5, True)
+    >>> bootstrap_ci([np.nan, 2.0, 2.0])
+    ConfidenceInterval(estimate=2.0, low=2.0, high=2.0)
     """
     values = np.asarray(values, np.float64)
-    values = values[np.isfinite(values)]
+    if values.ndim != 1:
+        raise ValueError(f"values must be one-dimensional, got shape {values.shape}")
+    if int(num_resamples) < 1:
+        raise ValueError(f"num_resamples must be >= 1, got {num_resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    values = values[~np.isnan(values)]
     if values.size == 0:
-        return float("nan"), float("nan"), float("nan")
+        return ConfidenceInterval(float("nan"), float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    samples = []
-    for start in range(0, num_resamples, 2000):  # chunks bound the memory for long inputs
-        idx = rng.integers(0, values.size, size=(min(2000, num_resamples - start), values.size))
-        samples.append(statistic(values[idx], axis=1))
-    samples = np.concatenate(samples)
-    alpha = (1.0 - confidence) / 2.0
-    return float(statistic(values)), float(np.quantile(samples, alpha)), float(np.quantile(samples, 1.0 - alpha))
+    chunk = max(1, 2**22 // values.size)  # resamples per chunk: bounds the memory for long inputs
+    resampled = [
+        statistic(values[rng.integers(0, values.size, size=(min(chunk, num_resamples - start), values.size))], axis=1)
+        for start in range(0, num_resamples, chunk)
+    ]
+    alpha = 1.0 - confidence
+    low, high = np.quantile(np.concatenate(resampled), [alpha / 2.0, 1.0 - alpha / 2.0])
+    return ConfidenceInterval(float(statistic(values)), float(low), float(high))
 
 
-def paired_wilcoxon(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Two-sided paired Wilcoxon signed-rank test of ``a`` vs ``b``; returns ``(statistic, p)``.
+class WilcoxonResult(NamedTuple):
+    """The Wilcoxon signed-rank statistic and its two-sided p-value."""
 
-    Pairs with a NaN are dropped; identical samples give ``p = 1``.
+    statistic: float
+    pvalue: float
 
-    >>> stat, p = paired_wilcoxon(np.arange(20.0) + 1.0, np.arange(20.0))
-    >>> p < 1e-3
+
+def paired_wilcoxon(a: Sequence[float], b: Sequence[float]) -> WilcoxonResult:
+    """Two-sided paired Wilcoxon signed-rank test of ``a`` against ``b`` (``scipy.stats.wilcoxon``).
+
+    The statistic is the smaller of the rank sums of the positive and of the negative differences
+    ``a_i − b_i`` (zero differences dropped, SciPy's default ``zero_method="wilcox"``). Pairs with
+    a NaN are dropped first.
+
+    Args:
+      a: ``[n]`` per-case values of one method.
+      b: ``[n]`` per-case values of the other, in the same case order.
+
+    Returns:
+      ``WilcoxonResult(statistic, pvalue)``; ``(0, 1)`` when every difference is zero and
+      ``(NaN, NaN)`` when no complete pair is left.
+
+    Raises:
+      ValueError: if ``a`` and ``b`` are not two sequences of the same length.
+
+    >>> result = paired_wilcoxon(np.arange(20.0) + 1.0, np.arange(20.0) + [0.0, 0.5] * 10)
+    >>> result.pvalue < 1e-3
     True
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples must have one length, got {a.shape} and {b.shape}")
-    keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
-    if a.size == 0 or np.all(a == b):
-        return 0.0, 1.0
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"a and b must be paired: one-dimensional with one length, got shapes {a.shape} and {b.shape}")
+    complete = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[complete], b[complete]
+    if a.size == 0:
+        return WilcoxonResult(float("nan"), float("nan"))
+    if np.all(a == b):
+        return WilcoxonResult(0.0, 1.0)
     result = stats.wilcoxon(a, b)
-    return float(result.statistic), float(result.pvalue)
+    return WilcoxonResult(float(result.statistic), float(result.pvalue))
