@@ -127,10 +127,24 @@ def _dice_core(logits: Array, labels: Array, spec: _DiceSpec) -> Array:
 
 
 def _dice_core_fwd(logits, labels, spec):
+    if _is_leaf_target(spec):
+        return _leaf_core_fwd(logits, labels, spec)
     _, pred, targets, _, _, lse = _core_maps(logits, labels, spec)
     sums = _class_sums(pred, targets, spec)
     # Residuals: the inputs, the per-voxel lse ([B, N, 1], 1/C of the logits) and the [B, C] sums.
     return _loss_from_sums(*sums, spec, logits.shape[0]), (logits, labels, lse, sums)
+
+
+def _sums_vjp(spec, residuals, g):
+    """``(a, b) = (∂L/∂S^pt, ∂L/∂S^pp)``, shaped ``[B or 1, 1, C]`` to broadcast over voxels."""
+    logits, _, _, (s_pt, s_pp, s_tt) = residuals
+    _, sums_vjp = jax.vjp(
+        lambda pt, pp: _loss_from_sums(pt, pp, s_tt, spec, logits.shape[0]), s_pt, s_pp
+    )
+    a, b = sums_vjp(g)
+    if spec.batch_dice:
+        return a[0][None, None], b[0][None, None]
+    return a[:, None], b[:, None]
 
 
 def _dice_core_bwd(spec, residuals, g):
@@ -145,20 +159,104 @@ def _dice_core_bwd(spec, residuals, g):
     One elementwise pass over ``logits`` and ``labels`` (plus the stored per-voxel ``lse``) writes
     the gradient; no ``[B, N, C]`` array is kept from the forward pass.
     """
-    logits, labels, lse, (s_pt, s_pp, s_tt) = residuals
-    _, sums_vjp = jax.vjp(
-        lambda pt, pp: _loss_from_sums(pt, pp, s_tt, spec, logits.shape[0]), s_pt, s_pp
-    )
-    a, b = sums_vjp(g)
-    if spec.batch_dice:
-        a, b = a[0][None, None], b[0][None, None]
-    else:
-        a, b = a[:, None], b[:, None]
+    if _is_leaf_target(spec):
+        return _leaf_core_bwd(spec, residuals, g)
+    logits, labels, lse, _ = residuals
+    a, b = _sums_vjp(spec, residuals, g)
     probs, pred, targets, m, size, _ = _core_maps(logits, labels, spec, lse)
     d = a * targets + (2.0 * b * pred if spec.squared else b)
     if spec.prediction == "marginal":
         d = _common.marginal_probs(d, m, size)
     d_logits = probs * (d - _common.channel_sum(probs * d))
+    return d_logits.reshape(logits.shape).astype(logits.dtype), None
+
+
+# ------------------------------------------------------------- the leaf-target path of the core
+# For one-hot and leaf targets (soft Dice, leaf-Dice and the losses built on them) the target of a
+# voxel is the indicator of its label id, t_ic = 1[g_i = c] (set ids >= C never equal a leaf), so
+#   S^pt_c = Σ_{i: g_i = c} p_{i g_i},   S^tt_c = #{i: g_i = c},
+# sums of *one scalar per voxel* grouped by label id. Computing them that way, instead of as
+# [B, N, C] products reduced over voxels, avoids materialising a target map (XLA:CPU's reduction
+# fusions need their inputs in memory when they contain compares or gathers) and is ≈ 3× faster
+# on this CPU (benchmarks/RESULTS.md). Same values as the generic path (tested).
+
+_ID_CHUNK = 4096  # voxels per float32 partial sum in `_sums_by_id` (bounds rounding error)
+
+
+def _is_leaf_target(spec: _DiceSpec) -> bool:
+    return spec.prediction == "softmax" and spec.target in ("onehot", "leaf")
+
+
+def _sums_by_id(values: Array, labels: Array, num_ids: int) -> Array:
+    """``Σ_{i: g_i = k} values_i`` per sample: ``[B, N]`` -> ``[B, num_ids]``.
+
+    A segment sum into one bin per (sample, chunk of ``_ID_CHUNK`` voxels, id), then a tree sum over
+    the chunks, so that no float32 accumulator adds up more than ``_ID_CHUNK`` terms in sequence.
+    Ids outside ``[0, num_ids)`` land in a spare bin that is dropped.
+    """
+    batch, n = values.shape
+    chunks = -(-n // _ID_CHUNK)
+    pad = chunks * _ID_CHUNK - n
+    bins = num_ids + 1
+    labels = jnp.where((labels >= 0) & (labels < num_ids), labels, num_ids)
+    if pad:
+        values = jnp.pad(values, ((0, 0), (0, pad)))
+        labels = jnp.pad(labels, ((0, 0), (0, pad)), constant_values=num_ids)
+    offsets = bins * jnp.arange(batch * chunks, dtype=labels.dtype).reshape(batch, chunks, 1)
+    ids = labels.reshape(batch, chunks, _ID_CHUNK) + offsets
+    sums = jax.ops.segment_sum(values.reshape(-1), ids.reshape(-1), num_segments=batch * chunks * bins)
+    return jnp.sum(sums.reshape(batch, chunks, bins), axis=1)[:, :num_ids]
+
+
+def _leaf_maps(logits: Array, labels: Array, lse: Array | None = None):
+    """``(z, g, lse, q)``: flat logits and labels, the per-voxel lse and ``q_i = p_{i g_i}`` (0 on set
+    voxels), ``[B, N, C]`` / ``[B, N]``.
+
+    ``lse`` is a true reduction here (not the unrolled :func:`_common.channel_logsumexp`), which
+    XLA:CPU keeps in memory instead of re-deriving it inside every consumer (measured faster).
+    """
+    z = _common.flatten_spatial(logits, channels=True).astype(jnp.float32)
+    g = _common.flatten_spatial(labels, channels=False)
+    num_classes = z.shape[-1]
+    if lse is None:
+        lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
+    z_g = jnp.take_along_axis(z, jnp.clip(g, 0, num_classes - 1)[..., None], axis=-1)[..., 0]
+    q = jnp.where(g < num_classes, jnp.exp(z_g - lse[..., 0]), 0.0)
+    return z, g, lse, q
+
+
+def _leaf_core_fwd(logits, labels, spec):
+    z, g, lse, q = _leaf_maps(logits, labels)
+    num_classes = logits.shape[-1]
+    axes = (0, 1) if spec.batch_dice else (1,)
+    p = jnp.exp(z - lse)
+    s_pp = jnp.sum(p * p if spec.squared else p, axis=axes)
+    s_pt = _sums_by_id(q, g, spec.space.num_ids)[:, :num_classes]
+    s_tt = _sums_by_id(jnp.ones_like(q), g, spec.space.num_ids)[:, :num_classes]  # t^α = t
+    if spec.batch_dice:
+        s_pp, s_pt, s_tt = s_pp[None], jnp.sum(s_pt, 0, keepdims=True), jnp.sum(s_tt, 0, keepdims=True)
+    sums = (s_pt, s_pp, s_tt)
+    return _loss_from_sums(*sums, spec, logits.shape[0]), (logits, labels, lse, sums)
+
+
+def _leaf_core_bwd(spec, residuals, g_out):
+    r"""``∂L/∂z = p ⊙ (d − Σ_c p_c d_c)`` with ``d_c = α b_c p_c^{α-1} + a_c 1[g = c]``, where
+    ``Σ_c p_c d_c = α Σ_c b_c p_c^α + a_g q``.
+
+    ``p`` is recomputed from the logits and the stored ``lse``; nothing ``[B, N, C]`` is kept from
+    the forward pass.
+    """
+    logits, labels, lse, _ = residuals
+    a, b = _sums_vjp(spec, residuals, g_out)
+    z, g, _, q = _leaf_maps(logits, labels, lse)
+    num_classes = logits.shape[-1]
+    a_g = jnp.take_along_axis(jnp.broadcast_to(a[:, 0], (g.shape[0], num_classes)),
+                              jnp.clip(g, 0, num_classes - 1), axis=1)
+    p = jnp.exp(z - lse)
+    s = _common.channel_sum(2.0 * b * p * p if spec.squared else b * p) + (a_g * q)[..., None]
+    d_pred = 2.0 * b * p if spec.squared else b
+    hit = g[..., None] == jnp.arange(num_classes, dtype=g.dtype)
+    d_logits = p * (d_pred + jnp.where(hit, a, 0.0) - s)
     return d_logits.reshape(logits.shape).astype(logits.dtype), None
 
 
