@@ -1,4 +1,4 @@
-"""End-to-end smoke tests of the command-line entry points: main, evaluate, predict."""
+"""End-to-end smoke tests of the command-line entry points: main, evaluate, predict and the study drivers."""
 
 from __future__ import annotations
 
@@ -93,3 +93,38 @@ def test_predict_bad_input_exits_2_with_one_line(workdir, tmp_path, content, mes
     assert out.stderr.strip().startswith("error:") and len(out.stderr.strip().splitlines()) == 1
     assert message in out.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_partial_supervision_study_runs_one_step_per_method(tmp_path):
+    out = run("experiments.partial_supervision_study", "--steps=1", "--num_val=1", "--methods=leaf_dice,naive",
+              f"--runs={tmp_path / 'runs'}", f"--results={tmp_path / 'results'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = (tmp_path / "results" / "partial_supervision.md").read_text()
+    assert "| leaf_dice |" in table and "| naive |" in table and "Wilcoxon" in table
+    rows = list(csv.DictReader(open(tmp_path / "results" / "per_case.csv")))
+    assert [r["method"] for r in rows] == ["leaf_dice", "naive"]
+    assert (tmp_path / "results" / "partial_supervision.png").stat().st_size > 0
+    assert not list((tmp_path / "results").glob("*.tmp"))
+
+
+def test_volume_bias_study_runs_one_step_per_arm(tmp_path):
+    out = run("experiments.volume_bias_study", "--steps=1", "--num_val=1", "--ps=0.8", "--arms=ce",
+              f"--workdir={tmp_path / 'runs'}", f"--output={tmp_path / 'results'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "results" / "volume_bias.csv")))
+    assert {(r["generator"], r["arm"]) for r in rows} == {
+        ("ambiguous_blob", "ce"), ("ambiguous_blob", "dice"), ("boundary_noise", "ce")}
+    assert "ΔV soft" in (tmp_path / "results" / "volume_bias.md").read_text()
+    assert (tmp_path / "results" / "volume_bias.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("module,args,message", [
+    ("experiments.partial_supervision_study", ["--methods=leaf_dice,bogus"], "unknown method"),
+    ("experiments.volume_bias_study", ["--arms=bogus"], "unknown arm"),
+    ("experiments.volume_bias_study", ["--ps=1.5"], "--ps must lie in [0, 1]"),
+])
+def test_studies_reject_bad_flags_before_any_work(tmp_path, module, args, message):
+    out = run(module, *args, f"--{'runs' if 'partial' in module else 'workdir'}={tmp_path / 'runs'}")
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert not (tmp_path / "runs").exists()

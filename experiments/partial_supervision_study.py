@@ -1,0 +1,134 @@
+r"""The label-set comparison of Fidon et al. 2021 (SPEC §4) on embedded phantoms: every method, one table.
+
+    python -m experiments.partial_supervision_study --runs=runs/partial_supervision --results=docs/results/partial_supervision
+
+Trains (or resumes) one run of ``configs/partial_supervision.py:METHOD`` per method in
+``--methods`` (2 fully segmented and 12 partially annotated phantoms), evaluates each on the same
+held-out, fully segmented phantoms (last checkpoint, sliding windows), and writes atomically into
+``--results``:
+
+* ``per_case.csv``: method, case, Dice and HD95 per tissue;
+* ``partial_supervision.md``: mean Dice per tissue and method, the mean over tissues with its 95%
+  bootstrap CI over cases, and a paired Wilcoxon test of each method against ``--reference``
+  over the (case, tissue) pairs;
+* ``partial_supervision.png``: mean Dice per tissue, one bar per method.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags, logging
+
+from configs import partial_supervision
+from labelset_jax.evaluation import evaluate
+from labelset_jax import cli, train
+from labelset_jax.labelsets import FETAL_BRAIN
+from labelset_jax.metrics import bootstrap_ci, paired_wilcoxon
+
+_RUNS = flags.DEFINE_string("runs", "runs/partial_supervision", "Folder of the training runs (one per method).")
+_RESULTS = flags.DEFINE_string("results", "docs/results/partial_supervision", "Folder for the tables and the plot.")
+_METHODS = flags.DEFINE_list("methods", list(partial_supervision.METHODS), "Methods to compare.")
+_REFERENCE = flags.DEFINE_string("reference", "leaf_dice", "Method the others are tested against.")
+_STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: the config's).")
+_NUM_VAL = flags.DEFINE_integer("num_val", None, "Held-out cases (default: the config's).")
+
+TISSUES = FETAL_BRAIN.names[1:]
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
+    os.replace(tmp, path)
+
+
+def run_method(method: str, workdir: Path) -> list[dict]:
+    """Trains (or resumes) one method and returns its per-case rows on the held-out phantoms."""
+    config = partial_supervision.get_config(method)
+    if _STEPS.value is not None:
+        config.num_steps = _STEPS.value
+        config.eval_every = min(config.eval_every, _STEPS.value)
+        config.checkpoint_every = min(config.checkpoint_every, _STEPS.value)
+    if _NUM_VAL.value is not None:
+        config.data.num_val = _NUM_VAL.value
+    train.train_and_evaluate(config, workdir)
+    rows, _ = evaluate([str(workdir)], manifest=None, tta=False, best=False)
+    return [{"method": method, **row} for row in rows]
+
+
+def table(rows: list[dict], methods: list[str], reference: str) -> str:
+    """The Markdown table: mean Dice per tissue, mean over tissues [95% CI], Wilcoxon vs reference."""
+    dice = {m: np.array([[r[f"dice_{t}"] for t in TISSUES] for r in rows if r["method"] == m], np.float64)
+            for m in methods}
+    header = "| method | " + " | ".join(TISSUES) + " | mean [95% CI] | vs " + reference + " (Wilcoxon p) |"
+    lines = [header, "|" + "---|" * (len(TISSUES) + 3)]
+    for m in methods:
+        per_case = np.nanmean(dice[m], axis=1)
+        ci = bootstrap_ci(per_case)
+        if m == reference or reference not in dice:
+            test = "–"
+        else:
+            w = paired_wilcoxon(dice[m].ravel(), dice[reference].ravel())
+            diff = np.nanmean(dice[m] - dice[reference])
+            test = f"{diff:+.3f} (p = {w.pvalue:.2g})"
+        cells = " | ".join(f"{v:.3f}" for v in np.nanmean(dice[m], axis=0))
+        lines.append(f"| {m} | {cells} | {ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}] | {test} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], methods: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 4))
+    width = 0.8 / len(methods)
+    x = np.arange(len(TISSUES))
+    for k, m in enumerate(methods):
+        means = [np.nanmean([r[f"dice_{t}"] for r in rows if r["method"] == m]) for t in TISSUES]
+        ax.bar(x + (k - (len(methods) - 1) / 2) * width, means, width, label=m)
+    ax.set_xticks(x, TISSUES, rotation=20)
+    ax.set_ylabel("Dice (held-out phantoms)")
+    ax.set_ylim(0, 1)
+    ax.legend(ncol=4, fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def main(argv):
+    cli.quiet_orbax()
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    methods = list(_METHODS.value)
+    unknown = sorted(set(methods) - set(partial_supervision.METHODS))
+    if unknown:
+        cli.fail(f"unknown method(s) {unknown}; known: {sorted(partial_supervision.METHODS)}")
+    if _STEPS.value is not None and _STEPS.value < 1:
+        cli.fail(f"--steps must be >= 1, got {_STEPS.value}")
+    rows = []
+    for method in methods:
+        logging.info("method %s", method)
+        rows += run_method(method, Path(_RUNS.value) / method)
+    out = Path(_RESULTS.value)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out / "per_case.csv", buf.getvalue())
+    md = table(rows, methods, _REFERENCE.value)
+    write_atomic(out / "partial_supervision.md", md)
+    plot(rows, methods, out / "partial_supervision.png")
+    print(md)
+
+
+if __name__ == "__main__":
+    app.run(main)
