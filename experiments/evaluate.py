@@ -14,9 +14,6 @@ Writes ``per_case.csv``, ``summary.csv`` (mean, 95% bootstrap CI, n per metric) 
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 from pathlib import Path
 
 from absl import app, flags
@@ -32,18 +29,6 @@ _BEST = flags.DEFINE_bool("best", True, "Use the best checkpoint (else the lates
 flags.mark_flags_as_required(["workdir"])
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def to_csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def main(argv):
@@ -60,11 +45,11 @@ def main(argv):
         cli.fail(str(e))
     output = Path(_OUTPUT.value or Path(workdirs[0]) / "eval")
     output.mkdir(parents=True, exist_ok=True)
-    write_atomic(output / "per_case.csv", to_csv(rows))
-    write_atomic(output / "summary.csv", to_csv(summary))
+    cli.write_atomic(output / "per_case.csv", cli.to_csv(rows))
+    cli.write_atomic(output / "summary.csv", cli.to_csv(summary))
     md = ["| metric | mean | 95% CI | n |", "|---|---|---|---|"]
     md += [f"| {s['metric']} | {s['mean']:.3f} | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {s['n']} |" for s in summary]
-    write_atomic(output / "summary.md", "\n".join(md) + "\n")
+    cli.write_atomic(output / "summary.md", "\n".join(md) + "\n")
     print(f"wrote {output / 'per_case.csv'}, {output / 'summary.csv'}, {output / 'summary.md'}")
 
 

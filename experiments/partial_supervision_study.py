@@ -16,9 +16,6 @@ held-out, fully segmented phantoms (last checkpoint, sliding windows), and write
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +36,6 @@ _NUM_VAL = flags.DEFINE_integer("num_val", None, "Held-out cases (default: the c
 
 TISSUES = FETAL_BRAIN.names[1:]
 
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
-    os.replace(tmp, path)
 
 
 def run_method(method: str, workdir: Path) -> list[dict]:
@@ -97,10 +89,7 @@ def plot(rows: list[dict], methods: list[str], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(ncol=4, fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    cli.save_figure(fig, path)
 
 
 def main(argv):
@@ -119,13 +108,9 @@ def main(argv):
         rows += run_method(method, Path(_RUNS.value) / method)
     out = Path(_RESULTS.value)
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(out / "per_case.csv", buf.getvalue())
+    cli.write_atomic(out / "per_case.csv", cli.to_csv(rows))
     md = table(rows, methods, _REFERENCE.value)
-    write_atomic(out / "partial_supervision.md", md)
+    cli.write_atomic(out / "partial_supervision.md", md)
     plot(rows, methods, out / "partial_supervision.png")
     print(md)
 

@@ -21,9 +21,6 @@ resamples) per arm, and the hard Dice. Writes ``volume_bias.md``, ``volume_bias.
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +80,6 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
-    os.replace(tmp, path)
-
 
 def plot(summary: list[dict], path: Path) -> None:
     import matplotlib
@@ -113,10 +105,7 @@ def plot(summary: list[dict], path: Path) -> None:
         ax.set_title(title)
         ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    cli.save_figure(fig, path)
 
 
 def main(argv):
@@ -144,11 +133,7 @@ def main(argv):
     summary = summarise(rows)
     out = Path(_OUTPUT.value)
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(out / "volume_bias.csv", buf.getvalue())
+    cli.write_atomic(out / "volume_bias.csv", cli.to_csv(rows))
     lines = ["| data | p | arm | n | ΔV soft (ml) [95% CI] | ΔV thresholded (ml) [95% CI] | Dice | E[V] (ml) |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summary:
@@ -157,7 +142,7 @@ def main(argv):
             f"{s['dv_soft_ml_hi']:+.3f}] | {s['dv_hard_ml']:+.3f} [{s['dv_hard_ml_lo']:+.3f}, {s['dv_hard_ml_hi']:+.3f}] | "
             f"{s['dice']:.3f} | {s['expected_ml']:.3f} |"
         )
-    write_atomic(out / "volume_bias.md", "\n".join(lines) + "\n")
+    cli.write_atomic(out / "volume_bias.md", "\n".join(lines) + "\n")
     plot(summary, out / "volume_bias.png")
     print("\n".join(lines))
 
