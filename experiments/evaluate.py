@@ -29,8 +29,6 @@ _BEST = flags.DEFINE_bool("best", True, "Use the best checkpoint (else the lates
 flags.mark_flags_as_required(["workdir"])
 
 
-
-
 def main(argv):
     cli.quiet_orbax()
     if len(argv) > 1:

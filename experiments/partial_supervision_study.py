@@ -22,8 +22,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import partial_supervision
-from labelset_jax.evaluation import evaluate
 from labelset_jax import cli, train
+from labelset_jax.evaluation import evaluate
 from labelset_jax.labelsets import FETAL_BRAIN
 from labelset_jax.metrics import bootstrap_ci, paired_wilcoxon
 
@@ -35,7 +35,6 @@ _STEPS = flags.DEFINE_integer("steps", None, "Training steps per run (default: t
 _NUM_VAL = flags.DEFINE_integer("num_val", None, "Held-out cases (default: the config's).")
 
 TISSUES = FETAL_BRAIN.names[1:]
-
 
 
 def run_method(method: str, workdir: Path) -> list[dict]:
@@ -102,6 +101,8 @@ def main(argv):
         cli.fail(f"unknown method(s) {unknown}; known: {sorted(partial_supervision.METHODS)}")
     if _STEPS.value is not None and _STEPS.value < 1:
         cli.fail(f"--steps must be >= 1, got {_STEPS.value}")
+    if _NUM_VAL.value is not None and _NUM_VAL.value < 1:
+        cli.fail(f"--num_val must be >= 1, got {_NUM_VAL.value}")
     rows = []
     for method in methods:
         logging.info("method %s", method)

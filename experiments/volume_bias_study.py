@@ -80,7 +80,6 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-
 def plot(summary: list[dict], path: Path) -> None:
     import matplotlib
 

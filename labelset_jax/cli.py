@@ -1,4 +1,5 @@
-"""Helpers shared by the command-line entry points in ``experiments/``."""
+"""Helpers shared by the command-line entry points in ``experiments/`` and the library's writers
+(atomic file and figure writes, CSV text)."""
 
 from __future__ import annotations
 

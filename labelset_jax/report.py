@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labelset_jax import cli
 from labelset_jax.labelsets import LabelSpace
 
 # A qualitative colour per leaf (background transparent); extended by cycling for larger spaces.
@@ -74,11 +75,7 @@ def save_slices_png(path: str | os.PathLike, image: np.ndarray, truth: np.ndarra
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    cli.save_figure(fig, path, dpi=80)
 
 
 def write_run_report(workdir: str | os.PathLike, *, num_cases: int | None = None) -> dict[str, float]:
@@ -121,10 +118,6 @@ def write_run_report(workdir: str | os.PathLike, *, num_cases: int | None = None
         d = np.array([r[f"dice_{name}"] for r in rows])
         h = np.array([r[f"hd95_{name}"] for r in rows])
         lines.append(f"| {name} | {np.nanmean(d):.3f} ± {np.nanstd(d):.3f} | {np.nanmean(h):.2f} ± {np.nanstd(h):.2f} |")
-    tmp = workdir / "report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, workdir / "report.md")
-    tmp = workdir / "report.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, workdir / "report.json")
+    cli.write_atomic(workdir / "report.md", "\n".join(lines) + "\n")
+    cli.write_atomic(workdir / "report.json", json.dumps(summary, indent=2))
     return summary

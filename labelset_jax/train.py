@@ -34,7 +34,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from labelset_jax import checkpoints, input_pipeline, losses
+from labelset_jax import checkpoints, cli, input_pipeline, losses
 from labelset_jax.inference import sliding_window_inference
 from labelset_jax.metrics import dice_score
 from labelset_jax.models import create_model
@@ -331,10 +331,8 @@ def load_trained(workdir: str | os.PathLike, *, best: bool = True):
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Writes JSON to ``path`` through a temporary file and a rename."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    """Writes JSON to ``path`` atomically (:func:`labelset_jax.cli.write_atomic`)."""
+    cli.write_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def _format(metrics: dict[str, float]) -> str:

@@ -120,6 +120,7 @@ def test_volume_bias_study_runs_one_step_per_arm(tmp_path):
 
 @pytest.mark.parametrize("module,args,message", [
     ("experiments.partial_supervision_study", ["--methods=leaf_dice,bogus"], "unknown method"),
+    ("experiments.partial_supervision_study", ["--num_val=0"], "--num_val must be >= 1"),
     ("experiments.volume_bias_study", ["--arms=bogus"], "unknown arm"),
     ("experiments.volume_bias_study", ["--ps=1.5"], "--ps must lie in [0, 1]"),
 ])
