@@ -17,7 +17,13 @@ uniform set target ``Φ(g)``). The soft Dice per class is
 ``∂L/∂p̂_ic = a_c t_ic + b_c α p̂_ic^{α-1}`` with ``a = ∂L/∂S^pt`` and ``b = ∂L/∂S^pp`` taken on the
 tiny ``[B, C]`` sums, and the per-voxel maps are recomputed from the logits in the backward pass
 instead of being stored. Value and gradient then cost two reads of the logits and one write, and
-no ``[B, *spatial, C]`` intermediate outlives a pass (see ``benchmarks/RESULTS.md``).
+no ``[B, *spatial, C]`` intermediate outlives a pass.
+
+On CPU both passes run as fused kernels (:mod:`labelset_jax.losses._kernels`: one C++ loop per
+pass over the logits, evaluating the same maps from the membership matrix); on other platforms,
+or when the kernels are not built, as the pure-JAX functions below, which XLA fuses. Both paths
+are tested against each other and against float64 NumPy references (``benchmarks/RESULTS.md``
+has the timings).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from labelset_jax.labelsets import LabelSpace
-from labelset_jax.losses import _common
+from labelset_jax.losses import _common, _kernels
 
 Array = jax.Array
 
@@ -105,19 +111,13 @@ def _loss_from_sums(s_pt: Array, s_pp: Array, s_tt: Array, spec: _DiceSpec, batc
     return jnp.broadcast_to(loss, (batch,))
 
 
-def _core_maps(logits: Array, labels: Array, spec: _DiceSpec, lse: Array | None = None):
-    """``(p, p̂, t, m, size, lse)`` as ``[B, N, C]`` / ``[B, N, 1]`` arrays for the Dice core.
-
-    ``p = exp(z - lse)`` with ``lse`` the per-voxel log-sum-exp (computed here, or passed in from
-    the forward pass), so that the backward pass recomputes ``p`` with one ``exp`` per element.
-    """
+def _core_maps(logits: Array, labels: Array, spec: _DiceSpec):
+    """``(p, p̂, t, m, size)`` as ``[B, N, C]`` / ``[B, N, 1]`` arrays for the Dice core."""
     z = _common.flatten_spatial(logits, channels=True).astype(jnp.float32)
     m, size = _common.gather_sets(_common.flatten_spatial(labels, channels=False), spec.space)
-    if lse is None:
-        lse = _common.channel_logsumexp(z)
-    probs = jnp.exp(z - lse)
+    probs = jnp.exp(z - _common.channel_logsumexp(z))
     pred = _common.marginal_probs(probs, m, size) if spec.prediction == "marginal" else probs
-    return probs, pred, _targets(m, size, spec), m, size, lse
+    return probs, pred, _targets(m, size, spec), m, size
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -126,49 +126,73 @@ def _dice_core(logits: Array, labels: Array, spec: _DiceSpec) -> Array:
     return _dice_core_fwd(logits, labels, spec)[0]
 
 
-def _dice_core_fwd(logits, labels, spec):
+def _kernel_mode(spec: _DiceSpec) -> dict:
+    """The CPU kernel's flags for ``spec`` (one-hot and uniform targets are both ``m / |g|``)."""
+    return dict(marginal=spec.prediction == "marginal", leaf=spec.target == "leaf", squared=spec.squared)
+
+
+def _sums_kernel(logits, labels, *, spec):
+    return _kernels.dice_sums(logits, labels, spec.space, **_kernel_mode(spec))
+
+
+def _sums_jax(logits, labels, *, spec):
+    """Per-sample ``(S^pt, S^pp, S^tt)``, each ``[B, C]``, in pure JAX."""
     if _is_leaf_target(spec):
-        return _leaf_core_fwd(logits, labels, spec)
-    _, pred, targets, _, _, lse = _core_maps(logits, labels, spec)
-    sums = _class_sums(pred, targets, spec)
-    # Residuals: the inputs, the per-voxel lse ([B, N, 1], 1/C of the logits) and the [B, C] sums.
-    return _loss_from_sums(*sums, spec, logits.shape[0]), (logits, labels, lse, sums)
+        return _leaf_sums(logits, labels, spec)
+    _, pred, targets, _, _ = _core_maps(logits, labels, spec)
+    return _class_sums(pred, targets, dataclasses.replace(spec, batch_dice=False))
+
+
+def _dice_core_fwd(logits, labels, spec):
+    sums = _kernels.on_cpu(functools.partial(_sums_kernel, spec=spec),
+                           functools.partial(_sums_jax, spec=spec), logits, labels)
+    if spec.batch_dice:
+        sums = tuple(jnp.sum(s, axis=0, keepdims=True) for s in sums)
+    # Residuals: the inputs and the [B, C] sums; the backward pass recomputes the softmax.
+    return _loss_from_sums(*sums, spec, logits.shape[0]), (logits, labels, sums)
 
 
 def _sums_vjp(spec, residuals, g):
-    """``(a, b) = (∂L/∂S^pt, ∂L/∂S^pp)``, shaped ``[B or 1, 1, C]`` to broadcast over voxels."""
-    logits, _, _, (s_pt, s_pp, s_tt) = residuals
-    _, sums_vjp = jax.vjp(
-        lambda pt, pp: _loss_from_sums(pt, pp, s_tt, spec, logits.shape[0]), s_pt, s_pp
-    )
+    """``(a, b) = (∂L/∂S^pt, ∂L/∂S^pp)``, each ``[B, C]`` (batch Dice: the same row per sample)."""
+    logits, _, (s_pt, s_pp, s_tt) = residuals
+    batch, num_classes = logits.shape[0], logits.shape[-1]
+    _, sums_vjp = jax.vjp(lambda pt, pp: _loss_from_sums(pt, pp, s_tt, spec, batch), s_pt, s_pp)
     a, b = sums_vjp(g)
-    if spec.batch_dice:
-        return a[0][None, None], b[0][None, None]
-    return a[:, None], b[:, None]
+    return jnp.broadcast_to(a, (batch, num_classes)), jnp.broadcast_to(b, (batch, num_classes))
 
 
-def _dice_core_bwd(spec, residuals, g):
-    r"""Closed-form VJP of the Dice core.
+def _grad_kernel(logits, labels, a, b, *, spec):
+    return _kernels.dice_grad(logits, labels, spec.space, a, b, **_kernel_mode(spec))
 
-    With ``a = ∂L/∂S^pt`` and ``b = ∂L/∂S^pp`` (``[B, C]``, by ``jax.vjp`` on the tiny sums):
+
+def _grad_jax(logits, labels, a, b, *, spec):
+    r"""Closed-form ``∂L/∂logits`` in pure JAX, from ``a, b`` (``[B, C]``).
 
     * ``d = ∂L/∂p̂ = a t + b α p̂^{α-1}`` per voxel;
     * marginal Dice: ``∂L/∂p = Φ_g(d)``, since ``Φ_g`` is a symmetric linear map (its own adjoint);
     * softmax Jacobian: ``∂L/∂z_c = p_c (d_c - Σ_{c'} p_{c'} d_{c'})``.
-
-    One elementwise pass over ``logits`` and ``labels`` (plus the stored per-voxel ``lse``) writes
-    the gradient; no ``[B, N, C]`` array is kept from the forward pass.
     """
+    a, b = a[:, None], b[:, None]
     if _is_leaf_target(spec):
-        return _leaf_core_bwd(spec, residuals, g)
-    logits, labels, lse, _ = residuals
-    a, b = _sums_vjp(spec, residuals, g)
-    probs, pred, targets, m, size, _ = _core_maps(logits, labels, spec, lse)
+        return _leaf_grad(logits, labels, a, b, spec)
+    probs, pred, targets, m, size = _core_maps(logits, labels, spec)
     d = a * targets + (2.0 * b * pred if spec.squared else b)
     if spec.prediction == "marginal":
         d = _common.marginal_probs(d, m, size)
     d_logits = probs * (d - _common.channel_sum(probs * d))
-    return d_logits.reshape(logits.shape).astype(logits.dtype), None
+    return d_logits.reshape(logits.shape)
+
+
+def _dice_core_bwd(spec, residuals, g):
+    r"""Closed-form VJP of the Dice core: ``a = ∂L/∂S^pt`` and ``b = ∂L/∂S^pp`` by ``jax.vjp`` on
+    the tiny ``[B, C]`` sums, then one pass over the logits and labels (the fused CPU kernel, or
+    :func:`_grad_jax`) writes the gradient; no ``[B, N, C]`` array is kept from the forward pass.
+    """
+    logits, labels, _ = residuals
+    a, b = _sums_vjp(spec, residuals, g)
+    d_logits = _kernels.on_cpu(functools.partial(_grad_kernel, spec=spec),
+                               functools.partial(_grad_jax, spec=spec), logits, labels, a, b)
+    return d_logits.astype(logits.dtype), None
 
 
 # ------------------------------------------------------------- the leaf-target path of the core
@@ -208,7 +232,7 @@ def _sums_by_id(values: Array, labels: Array, num_ids: int) -> Array:
     return jnp.sum(sums.reshape(batch, chunks, bins), axis=1)[:, :num_ids]
 
 
-def _leaf_maps(logits: Array, labels: Array, lse: Array | None = None):
+def _leaf_maps(logits: Array, labels: Array):
     """``(z, g, lse, q)``: flat logits and labels, the per-voxel lse and ``q_i = p_{i g_i}`` (0 on set
     voxels), ``[B, N, C]`` / ``[B, N]``.
 
@@ -218,46 +242,36 @@ def _leaf_maps(logits: Array, labels: Array, lse: Array | None = None):
     z = _common.flatten_spatial(logits, channels=True).astype(jnp.float32)
     g = _common.flatten_spatial(labels, channels=False)
     num_classes = z.shape[-1]
-    if lse is None:
-        lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
+    lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
     z_g = jnp.take_along_axis(z, jnp.clip(g, 0, num_classes - 1)[..., None], axis=-1)[..., 0]
     q = jnp.where(g < num_classes, jnp.exp(z_g - lse[..., 0]), 0.0)
     return z, g, lse, q
 
 
-def _leaf_core_fwd(logits, labels, spec):
+def _leaf_sums(logits, labels, spec):
+    """Per-sample sums ``[B, C]`` of the leaf-target path."""
     z, g, lse, q = _leaf_maps(logits, labels)
     num_classes = logits.shape[-1]
-    axes = (0, 1) if spec.batch_dice else (1,)
     p = jnp.exp(z - lse)
-    s_pp = jnp.sum(p * p if spec.squared else p, axis=axes)
+    s_pp = jnp.sum(p * p if spec.squared else p, axis=1)
     s_pt = _sums_by_id(q, g, spec.space.num_ids)[:, :num_classes]
     s_tt = _sums_by_id(jnp.ones_like(q), g, spec.space.num_ids)[:, :num_classes]  # t^α = t
-    if spec.batch_dice:
-        s_pp, s_pt, s_tt = s_pp[None], jnp.sum(s_pt, 0, keepdims=True), jnp.sum(s_tt, 0, keepdims=True)
-    sums = (s_pt, s_pp, s_tt)
-    return _loss_from_sums(*sums, spec, logits.shape[0]), (logits, labels, lse, sums)
+    return s_pt, s_pp, s_tt
 
 
-def _leaf_core_bwd(spec, residuals, g_out):
+def _leaf_grad(logits, labels, a, b, spec):
     r"""``∂L/∂z = p ⊙ (d − Σ_c p_c d_c)`` with ``d_c = α b_c p_c^{α-1} + a_c 1[g = c]``, where
-    ``Σ_c p_c d_c = α Σ_c b_c p_c^α + a_g q``.
-
-    ``p`` is recomputed from the logits and the stored ``lse``; nothing ``[B, N, C]`` is kept from
-    the forward pass.
+    ``Σ_c p_c d_c = α Σ_c b_c p_c^α + a_g q`` (``a, b``: ``[B, 1, C]``).
     """
-    logits, labels, lse, _ = residuals
-    a, b = _sums_vjp(spec, residuals, g_out)
-    z, g, _, q = _leaf_maps(logits, labels, lse)
+    z, g, lse, q = _leaf_maps(logits, labels)
     num_classes = logits.shape[-1]
-    a_g = jnp.take_along_axis(jnp.broadcast_to(a[:, 0], (g.shape[0], num_classes)),
-                              jnp.clip(g, 0, num_classes - 1), axis=1)
+    a_g = jnp.take_along_axis(a[:, 0], jnp.clip(g, 0, num_classes - 1), axis=1)
     p = jnp.exp(z - lse)
     s = _common.channel_sum(2.0 * b * p * p if spec.squared else b * p) + (a_g * q)[..., None]
     d_pred = 2.0 * b * p if spec.squared else b
     hit = g[..., None] == jnp.arange(num_classes, dtype=g.dtype)
     d_logits = p * (d_pred + jnp.where(hit, a, 0.0) - s)
-    return d_logits.reshape(logits.shape).astype(logits.dtype), None
+    return d_logits.reshape(logits.shape)
 
 
 _dice_core.defvjp(_dice_core_fwd, _dice_core_bwd)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from labelset_jax.labelsets import LabelSpace
-from labelset_jax.losses import _common
+from labelset_jax.losses import _common, _kernels
 from labelset_jax.losses.classification import cross_entropy, focal
 from labelset_jax.losses.dice import marginal_dice_fused, soft_dice
 
@@ -74,10 +74,44 @@ def marginal_cross_entropy(
     """
     label_space = _common.check_inputs(logits, labels, label_space, fn="marginal_cross_entropy",
                                        allow_sets=True)
-    m, _ = _common.gather_sets(labels, label_space)
+    return _common.reduce_loss(_marginal_ce_core(logits, labels, label_space), reduction,
+                               fn="marginal_cross_entropy")
+
+
+def _marginal_ce_jax(logits: Array, labels: Array, space: LabelSpace) -> Array:
+    """Per-sample marginal CE ``[B]`` in pure JAX (``logsumexp`` over the set and over all leaves)."""
+    m, _ = _common.gather_sets(labels, space)
     per_voxel = -_common.set_log_likelihood(logits, m)
-    per_sample = jnp.mean(_common.flatten_spatial(per_voxel, channels=False), axis=1)
-    return _common.reduce_loss(per_sample, reduction, fn="marginal_cross_entropy")
+    return jnp.mean(_common.flatten_spatial(per_voxel, channels=False), axis=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _marginal_ce_core(logits: Array, labels: Array, space: LabelSpace) -> Array:
+    """Per-sample marginal CE ``[B]``: the fused CPU kernel or pure JAX (see ``_kernels``)."""
+    return _marginal_ce_fwd(logits, labels, space)[0]
+
+
+def _marginal_ce_fwd(logits, labels, space):
+    num_voxels = labels[0].size
+    loss = _kernels.on_cpu(lambda z, g: _kernels.marginal_ce_sum(z, g, space) / num_voxels,
+                           lambda z, g: _marginal_ce_jax(z, g, space), logits, labels)
+    return loss, (logits, labels)
+
+
+def _marginal_ce_bwd(space, residuals, g):
+    """``∂/∂z_c = (g_b / N) (p_c − 1[c ∈ g_i] p_c / Σ_{c' ∈ g_i} p_c')``, recomputed from the logits."""
+    logits, labels = residuals
+    num_voxels = labels[0].size
+
+    def by_autodiff(z, lab, cot):
+        return jax.vjp(lambda zz: _marginal_ce_jax(zz, lab, space), z)[1](cot)[0]
+
+    grad = _kernels.on_cpu(lambda z, lab, cot: _kernels.marginal_ce_grad(z, lab, space, cot / num_voxels),
+                           by_autodiff, logits, labels, g)
+    return grad.astype(logits.dtype), None
+
+
+_marginal_ce_core.defvjp(_marginal_ce_fwd, _marginal_ce_bwd)
 
 
 def _marginalized_cross_entropy(logits, labels, *, label_space, reduction="mean"):
