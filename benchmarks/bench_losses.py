@@ -2,6 +2,7 @@
 
 Peers measured in the same run, on the same data:
   * the memory floor: one NumPy copy of the logits (read the logits, write an array of their size);
+  * on CPU, the same losses through their pure-JAX path (the fused CPU kernels turned off);
   * a textbook leaf-Dice under ``jax.jit(jax.value_and_grad(...))`` (plain autodiff, no custom VJP);
   * MONAI ``DiceLoss(softmax=True, squared_pred=True)`` forward+backward, when torch and monai are
     importable (``pip install -e '.[bench]'``).
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from labelset_jax import losses
+from labelset_jax.losses import _kernels
 from labelset_jax.labelsets import FETAL_BRAIN
 
 _SHAPE = flags.DEFINE_string("shape", "2,96,96,96,9", "logits shape B,D,H,W,C (C=9: fetal brain)")
@@ -82,10 +84,19 @@ def main(argv):
         rows.append((name, t, peak_bytes(compiled)))
 
     space = FETAL_BRAIN
-    bench("leaf_dice", lambda z, g: losses.leaf_dice(z, g, label_space=space), labels)
-    bench("marginal_dice", lambda z, g: losses.marginal_dice(z, g, label_space=space), labels)
-    bench("marginal_cross_entropy", lambda z, g: losses.marginal_cross_entropy(z, g, label_space=space), labels)
-    bench("soft_dice", lambda z, g: losses.soft_dice(z, g), full_labels)
+    cases = [
+        ("leaf_dice", lambda z, g: losses.leaf_dice(z, g, label_space=space), labels),
+        ("marginal_dice", lambda z, g: losses.marginal_dice(z, g, label_space=space), labels),
+        ("marginal_cross_entropy", lambda z, g: losses.marginal_cross_entropy(z, g, label_space=space), labels),
+        ("soft_dice", lambda z, g: losses.soft_dice(z, g), full_labels),
+    ]
+    kernels = _kernels.available() and jax.devices()[0].platform == "cpu"
+    for name, fn, lbl in cases:
+        bench(name + (" (CPU kernel)" if kernels else ""), fn, lbl)
+    if kernels:  # what the kernels bought: the same losses through the pure-JAX path
+        with _kernels.disabled():
+            for name, fn, lbl in cases:
+                bench(name + " (pure JAX)", fn, lbl)
     bench("textbook leaf-Dice (plain autodiff)", textbook_leaf_dice, labels)
 
     monai_time = None

@@ -8,17 +8,18 @@
 //   p̂      = p, or Φ_g(p) = (Σ_{c'} m_c' p_c') / |g| on the set, p elsewhere   (marginal)
 //   t      = m * 1[|g| = 1]  (leaf target)  or  m / |g|  (one-hot / uniform target Φ(g))
 //
-//   LsDiceSums:  S^pt_c = Σ_i p̂_ic t_ic,  S^pp_c = Σ_i p̂_ic^α,  S^tt_c = Σ_i t_ic^α   -> [3, B, C]
-//   LsDiceGrad:  d = a t + b α p̂^{α-1};  d = Φ_g(d) (marginal);  ∂L/∂z = p (d - Σ_c p_c d_c)
-//   LsMceLoss:   Σ_i -log Σ_{c ∈ g_i} p_ic                                            -> [B]
-//   LsMceGrad:   ∂/∂z_c = scale_b (p_c - m_c p_c / Σ_{c' ∈ g} p_c')
+//   LsDiceSums  S^pt_c = Σ_i p̂_ic t_ic,  S^pp_c = Σ_i p̂_ic^α,  S^tt_c = Σ_i t_ic^α   -> [3, B, C]
+//   LsDiceGrad  d = a t + b α p̂^{α-1};  d = Φ_g(d) (marginal);  ∂L/∂z = p (d - Σ_c p_c d_c)
+//   LsMceLoss   Σ_i -log Σ_{c ∈ g_i} p_ic                                             -> [B]
+//   LsMceGrad   ∂/∂z_c = scale_b (p_c - m_c p_c / Σ_{c' ∈ g} p_c')
 //
 // One pass over the logits each: the forward kernels read them once and write [B, C] / [B]; the
-// gradient kernels read them once more and write the gradient. Voxels are processed in blocks of
-// kLanes, transposed to channel-major registers so the compiler vectorises across voxels; exp and
-// log are polynomial (Cephes-style, ~1 ulp) so they vectorise too. Work is split in fixed chunks
-// over XLA's intra-op thread pool; partial sums are kept per chunk and added in chunk order, so
-// results do not depend on the number of threads.
+// gradient kernels read them once more (recomputing the softmax: cheaper here than storing it, see
+// benchmarks/RESULTS.md) and write the gradient. Voxels are processed in blocks of kLanes,
+// channel-major in vector registers (GCC/Clang vector extensions) so arithmetic is vectorised
+// across voxels; exp and log are polynomial (Cephes, ~1 ulp) so they vectorise too. Work is split
+// in fixed chunks over XLA's intra-op thread pool; partial sums are kept per chunk and added in
+// chunk order, so results do not depend on the number of threads.
 
 #include <algorithm>
 #include <atomic>
@@ -56,13 +57,14 @@ typedef float vf __attribute__((vector_size(4 * kLanes)));
 typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
 
 LS_INLINE vf splat(float x) { return vf{} + x; }
-LS_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
+LS_INLINE vf vmax(vf a, vf b) { return a < b ? b : a; }  // a NaN in `a` propagates
 LS_INLINE vf select(vi mask, vf a, vf b) { return mask ? a : b; }
 
 // ------------------------------------------------------------------ vectorised exp and log
 LS_INLINE vf exp_v(vf x) {
   // exp(x) for x <= 0 (arguments are z - max z), Cephes expf; clamped so 2^n stays normal.
-  x = vmax(x, splat(-87.0f));
+  // NaN (from NaN or infinite logits) propagates, as in XLA's exp.
+  x = select(x < -87.0f, splat(-87.0f), x);
   const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding and removing it rounds to nearest
   const vf n = (x * 1.44269504088896341f + magic) - magic;
   vf r = x - n * 0.693359375f;
@@ -75,15 +77,15 @@ LS_INLINE vf exp_v(vf x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  return p * reinterpret_cast<const vf&>(bits);
+  return p * __builtin_bit_cast(vf, bits);
 }
 
 LS_INLINE vf log_v(vf x) {
   // log(x) for normal positive x (Cephes logf): x = 2^e * m, m in [sqrt(1/2), sqrt(2)).
-  vi bits = reinterpret_cast<const vi&>(x);
+  vi bits = __builtin_bit_cast(vi, x);
   vi e = ((bits >> 23) & 0xff) - 126;
   bits = (bits & 0x007fffff) | 0x3f000000;  // mantissa in [0.5, 1)
-  vf m = reinterpret_cast<const vf&>(bits);
+  vf m = __builtin_bit_cast(vf, bits);
   const vi small = m < 0.707106781186547524f;
   e = small ? e - 1 : e;
   m = select(small, m + m - 1.0f, m - 1.0f);
@@ -101,29 +103,27 @@ LS_INLINE vf log_v(vf x) {
   const vf fe = __builtin_convertvector(e, vf);
   y += -2.12194440e-4f * fe;
   y += -0.5f * z;
-  return m + y + 0.693359375f * fe;
+  return select(x == x, m + y + 0.693359375f * fe, x);  // NaN propagates
 }
 
 // ------------------------------------------------------------------ one block of voxels
 struct Problem {
-  const float* z;         // [B, N, C]
+  const float* z;         // [B, N, C] logits
   const int32_t* g;       // [B, N]
   const uint32_t* bits;   // [K]: bit c set when leaf c is in set k (the membership matrix, packed)
   const float* size;      // [K]
   int64_t batch, n, c, k;
 };
 
-// Channel-major copy of up to kLanes voxels: logits, membership rows, set sizes, lane weights.
+// Channel-major copy of up to kLanes voxels: membership rows, set sizes, lane weights, logits.
 struct Block {
-  vf z[kMaxClasses];
   vf m[kMaxClasses];
+  vf z[kMaxClasses];
   vf size;
   vf w;
 };
 
-LS_INLINE void load_block(const Problem& pb, int64_t b, int64_t i0, int nv, Block& blk) {
-  const int64_t C = pb.c;
-  const float* z = pb.z + (b * pb.n + i0) * C;
+LS_INLINE void load_labels(const Problem& pb, int64_t b, int64_t i0, int nv, Block& blk) {
   const int32_t* g = pb.g + b * pb.n + i0;
   vi bits = vi{};
   blk.size = splat(1.0f);
@@ -135,16 +135,22 @@ LS_INLINE void load_block(const Problem& pb, int64_t b, int64_t i0, int nv, Bloc
     blk.size[v] = pb.size[id];
     blk.w[v] = 1.0f;
   }
+  for (int64_t c = 0; c < pb.c; ++c)
+    blk.m[c] = __builtin_convertvector((bits >> static_cast<int>(c)) & 1, vf);
+}
+
+LS_INLINE void load_logits(const Problem& pb, int64_t b, int64_t i0, int nv, Block& blk) {
+  const int64_t C = pb.c;
+  const float* z = pb.z + (b * pb.n + i0) * C;
   for (int64_t c = 0; c < C; ++c) {
     vf x;
     for (int v = 0; v < kLanes; ++v) x[v] = v < nv ? z[v * C + c] : 0.0f;
     blk.z[c] = x;
-    blk.m[c] = __builtin_convertvector((bits >> static_cast<int>(c)) & 1, vf);
   }
 }
 
-// Writes a channel-major block back to the voxel-major [nv, C] layout.
-LS_INLINE void store_block(const vf* x, int64_t C, int nv, float* out) {
+// Writes a channel-major block to the voxel-major [nv, C] layout.
+LS_INLINE void store_voxel_major(const vf* x, int64_t C, int nv, float* out) {
   for (int v = 0; v < nv; ++v)
     for (int64_t c = 0; c < C; ++c) out[v * C + c] = x[c][v];
 }
@@ -164,12 +170,8 @@ struct DiceMode {
   bool marginal, leaf, squared;
 };
 
-// p (softmax), p̂ and t of one block, channel-major.
-LS_INLINE void dice_maps(const Block& blk, int64_t C, DiceMode mode, vf* p, vf* pred, vf* t) {
-  vf sum;
-  block_exp(blk, C, p, sum);
-  const vf inv = 1.0f / sum;
-  for (int64_t c = 0; c < C; ++c) p[c] *= inv;
+// p̂ and t of one block from p and the membership rows, channel-major.
+LS_INLINE void dice_maps(const Block& blk, int64_t C, DiceMode mode, const vf* p, vf* pred, vf* t) {
   if (mode.marginal) {
     vf set_mass = vf{};
     for (int64_t c = 0; c < C; ++c) set_mass += p[c] * blk.m[c];
@@ -221,11 +223,10 @@ void parallel_chunks(ffi::ThreadPool& pool, int64_t num_chunks, F fn) {
 }
 
 // Maps in the pages of an output range before it is written. XLA:CPU hands each call a freshly
-// mapped gradient buffer, and faulting it in one 4 KiB page at a time costs about 40 % of the
-// gradient pass on a 2-core VM; MADV_POPULATE_WRITE (Linux >= 5.14) maps the whole range of a work
-// item in one call, on the thread that then writes it (benchmarks/RESULTS.md). Advisory: errors
-// (older kernels) are ignored and the pages fault in as usual. (MADV_HUGEPAGE was measured 4x
-// slower here: synchronous compaction.)
+// mapped output buffer, and faulting it in one 4 KiB page at a time is slower than mapping the
+// range of a work item in one MADV_POPULATE_WRITE call (Linux >= 5.14) on the thread that then
+// writes it (benchmarks/RESULTS.md). Advisory: errors (older kernels) are ignored and the pages
+// fault in as usual. (MADV_HUGEPAGE was measured 4x slower here: synchronous compaction.)
 void populate(float* begin, float* end) {
 #if defined(__linux__)
   constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, missing from older headers
@@ -239,7 +240,19 @@ void populate(float* begin, float* end) {
 #endif
 }
 
-// Validates shapes shared by all kernels; packs the membership rows into bit masks.
+// Runs chunk(b, start, stop, j) over all samples in work items of kChunk voxels.
+template <typename F>
+void for_chunks(ffi::ThreadPool& pool, const Problem& pb, F chunk) {
+  const int64_t per_sample = (pb.n + kChunk - 1) / kChunk;
+  parallel_chunks(pool, pb.batch * per_sample, [&](int64_t j) {
+    const int64_t b = j / per_sample, start = (j % per_sample) * kChunk;
+    chunk(b, start, std::min(pb.n, start + kChunk), j);
+  });
+}
+
+int64_t num_chunks(const Problem& pb) { return pb.batch * ((pb.n + kChunk - 1) / kChunk); }
+
+// Validates the shapes shared by all kernels and packs the membership rows into bit masks.
 ffi::ErrorOr<Problem> make_problem(ffi::Buffer<ffi::F32>& logits, ffi::Buffer<ffi::S32>& labels,
                                    ffi::Buffer<ffi::F32>& mem, ffi::Buffer<ffi::F32>& size,
                                    std::vector<uint32_t>& bits) {
@@ -264,7 +277,23 @@ ffi::ErrorOr<Problem> make_problem(ffi::Buffer<ffi::F32>& logits, ffi::Buffer<ff
                  zd[0], zd[1], C, K};
 }
 
-// ------------------------------------------------------------------ Dice: per-class sums
+ffi::Error check_coefficients(const Problem& pb, ffi::Buffer<ffi::F32>& x, int64_t per_sample,
+                              const char* what) {
+  if (x.element_count() != static_cast<size_t>(pb.batch * per_sample))
+    return ffi::Error::InvalidArgument(std::string("labelset_jax kernels: wrong shape of ") + what);
+  return ffi::Error::Success();
+}
+
+// ------------------------------------------------------------------ Dice
+// Softmax of one block (channel-major).
+LS_INLINE void block_softmax(const Block& blk, int64_t C, vf* p) {
+  vf sum;
+  block_exp(blk, C, p, sum);
+  const vf inv = 1.0f / sum;
+  for (int64_t c = 0; c < C; ++c) p[c] *= inv;
+}
+
+// Per-class sums of one work item (float32 lanes, then double).
 LS_CLONES void dice_sums_chunk(const Problem& pb, DiceMode mode, int64_t b, int64_t start,
                                int64_t stop, double* out /* [3, C] */) {
   const int64_t C = pb.c;
@@ -275,10 +304,12 @@ LS_CLONES void dice_sums_chunk(const Problem& pb, DiceMode mode, int64_t b, int6
     for (int64_t c = 0; c < C; ++c) acc[s][c] = vf{};
   for (int64_t i = start; i < stop; i += kLanes) {
     const int nv = static_cast<int>(std::min<int64_t>(kLanes, stop - i));
-    load_block(pb, b, i, nv, blk);
+    load_labels(pb, b, i, nv, blk);
+    load_logits(pb, b, i, nv, blk);
+    block_softmax(blk, C, p);
     dice_maps(blk, C, mode, p, pred, t);
     for (int64_t c = 0; c < C; ++c) {
-      const vf q = pred[c] * blk.w, tt = t[c];  // padding lanes: w = 0, t = 0
+      const vf q = pred[c] * blk.w, tt = t[c];  // padding lanes: w = 0 and t = 0
       acc[0][c] += q * tt;
       acc[1][c] += mode.squared ? q * pred[c] : q;
       acc[2][c] += mode.squared ? tt * tt : tt;
@@ -292,33 +323,7 @@ LS_CLONES void dice_sums_chunk(const Problem& pb, DiceMode mode, int64_t b, int6
     }
 }
 
-ffi::Error DiceSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
-                        ffi::Buffer<ffi::S32> labels, ffi::Buffer<ffi::F32> mem,
-                        ffi::Buffer<ffi::F32> size, ffi::ResultBuffer<ffi::F32> sums,
-                        int32_t marginal, int32_t leaf, int32_t squared) {
-  std::vector<uint32_t> bits;
-  auto maybe = make_problem(logits, labels, mem, size, bits);
-  if (maybe.has_error()) return maybe.error();
-  const Problem pb = maybe.value();
-  const DiceMode mode{marginal != 0, leaf != 0, squared != 0};
-  const int64_t per_sample = (pb.n + kChunk - 1) / kChunk, C = pb.c;
-  std::vector<double> partial(pb.batch * per_sample * 3 * C, 0.0);
-  parallel_chunks(pool, pb.batch * per_sample, [&](int64_t j) {
-    const int64_t b = j / per_sample, start = (j % per_sample) * kChunk;
-    dice_sums_chunk(pb, mode, b, start, std::min(pb.n, start + kChunk), &partial[j * 3 * C]);
-  });
-  float* out = sums->typed_data();  // [3, B, C]
-  for (int64_t b = 0; b < pb.batch; ++b)
-    for (int s = 0; s < 3; ++s)
-      for (int64_t c = 0; c < C; ++c) {
-        double total = 0.0;
-        for (int64_t j = 0; j < per_sample; ++j) total += partial[((b * per_sample + j) * 3 + s) * C + c];
-        out[(s * pb.batch + b) * C + c] = static_cast<float>(total);
-      }
-  return ffi::Error::Success();
-}
-
-// ------------------------------------------------------------------ Dice: gradient
+// Gradient of one work item, recomputing the softmax from the logits.
 LS_CLONES void dice_grad_chunk(const Problem& pb, DiceMode mode, const float* a, const float* bb,
                                int64_t b, int64_t start, int64_t stop, float* dz) {
   const int64_t C = pb.c;
@@ -326,7 +331,9 @@ LS_CLONES void dice_grad_chunk(const Problem& pb, DiceMode mode, const float* a,
   vf p[kMaxClasses], pred[kMaxClasses], t[kMaxClasses], d[kMaxClasses];
   for (int64_t i = start; i < stop; i += kLanes) {
     const int nv = static_cast<int>(std::min<int64_t>(kLanes, stop - i));
-    load_block(pb, b, i, nv, blk);
+    load_labels(pb, b, i, nv, blk);
+    load_logits(pb, b, i, nv, blk);
+    block_softmax(blk, C, p);
     dice_maps(blk, C, mode, p, pred, t);
     for (int64_t c = 0; c < C; ++c)
       d[c] = a[c] * t[c] + (mode.squared ? (2.0f * bb[c]) * pred[c] : splat(bb[c]));
@@ -339,8 +346,34 @@ LS_CLONES void dice_grad_chunk(const Problem& pb, DiceMode mode, const float* a,
     vf dot = vf{};
     for (int64_t c = 0; c < C; ++c) dot += p[c] * d[c];
     for (int64_t c = 0; c < C; ++c) d[c] = p[c] * (d[c] - dot);
-    store_block(d, C, nv, dz + (b * pb.n + i) * C);
+    store_voxel_major(d, C, nv, dz + (b * pb.n + i) * C);
   }
+}
+
+ffi::Error DiceSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
+                        ffi::Buffer<ffi::S32> labels, ffi::Buffer<ffi::F32> mem,
+                        ffi::Buffer<ffi::F32> size, ffi::ResultBuffer<ffi::F32> sums,
+                        int32_t marginal, int32_t leaf, int32_t squared) {
+  std::vector<uint32_t> bits;
+  auto maybe = make_problem(logits, labels, mem, size, bits);
+  if (maybe.has_error()) return maybe.error();
+  const Problem pb = maybe.value();
+  const DiceMode mode{marginal != 0, leaf != 0, squared != 0};
+  const int64_t C = pb.c, per_sample = (pb.n + kChunk - 1) / kChunk;
+  std::vector<double> partial(num_chunks(pb) * 3 * C, 0.0);
+  for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t j) {
+    dice_sums_chunk(pb, mode, b, start, stop, &partial[j * 3 * C]);
+  });
+  float* out = sums->typed_data();  // [3, B, C]; chunk order: independent of the thread count
+  for (int64_t b = 0; b < pb.batch; ++b)
+    for (int s = 0; s < 3; ++s)
+      for (int64_t c = 0; c < C; ++c) {
+        double total = 0.0;
+        for (int64_t j = 0; j < per_sample; ++j)
+          total += partial[((b * per_sample + j) * 3 + s) * C + c];
+        out[(s * pb.batch + b) * C + c] = static_cast<float>(total);
+      }
+  return ffi::Error::Success();
 }
 
 ffi::Error DiceGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
@@ -352,24 +385,21 @@ ffi::Error DiceGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
   auto maybe = make_problem(logits, labels, mem, size, bits);
   if (maybe.has_error()) return maybe.error();
   const Problem pb = maybe.value();
-  if (a.element_count() != static_cast<size_t>(pb.batch * pb.c) ||
-      bcoef.element_count() != static_cast<size_t>(pb.batch * pb.c))
-    return ffi::Error::InvalidArgument("labelset_jax dice grad: a and b must be [B, C]");
+  if (auto e = check_coefficients(pb, a, pb.c, "a"); e.failure()) return e;
+  if (auto e = check_coefficients(pb, bcoef, pb.c, "b"); e.failure()) return e;
   const DiceMode mode{marginal != 0, leaf != 0, squared != 0};
-  const int64_t per_sample = (pb.n + kChunk - 1) / kChunk;
-  parallel_chunks(pool, pb.batch * per_sample, [&](int64_t j) {
-    const int64_t b = j / per_sample, start = (j % per_sample) * kChunk;
-    const int64_t stop = std::min(pb.n, start + kChunk);
-    populate(dz->typed_data() + (b * pb.n + start) * pb.c, dz->typed_data() + (b * pb.n + stop) * pb.c);
+  float* out = dz->typed_data();
+  for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t) {
+    populate(out + (b * pb.n + start) * pb.c, out + (b * pb.n + stop) * pb.c);
     dice_grad_chunk(pb, mode, a.typed_data() + b * pb.c, bcoef.typed_data() + b * pb.c, b, start,
-                    stop, dz->typed_data());
+                    stop, out);
   });
   return ffi::Error::Success();
 }
 
 // ------------------------------------------------------------------ marginal cross-entropy
-// Per voxel: e = exp(z - max z), S = Σ e, S_g = Σ_{c∈g} e. When the set's mass underflows in float
-// (its logits far below the maximum), the voxel is redone in double with the set's own maximum.
+// Per voxel: -log Σ_{c∈g} p_c. When the set's mass underflows in float (its logits far below the
+// maximum), the voxel is redone in double with the set's own maximum.
 constexpr float kTinyMass = 1e-30f;
 
 void mce_voxel_exact(const float* z, const float* m, int64_t C, double scale, double* loss,
@@ -392,47 +422,74 @@ void mce_voxel_exact(const float* z, const float* m, int64_t C, double scale, do
                                           (m[c] > 0.0f ? std::exp(z[c] - lse_set) : 0.0)));
 }
 
-LS_CLONES void mce_chunk(const Problem& pb, int64_t b, int64_t start, int64_t stop, float scale,
-                         double* loss_out, float* dz) {
+// Redoes the lanes flagged in `underflow` exactly (loss added to *loss, gradient written).
+void mce_exact_lanes(const Problem& pb, const Block& blk, vi underflow, int64_t b, int64_t i,
+                     int nv, double scale, double* loss, float* dz) {
   const int64_t C = pb.c;
+  for (int v = 0; v < nv; ++v) {
+    if (!underflow[v]) continue;
+    float m_row[kMaxClasses];
+    for (int64_t c = 0; c < C; ++c) m_row[c] = blk.m[c][v];
+    double exact = 0.0;
+    mce_voxel_exact(pb.z + (b * pb.n + i + v) * C, m_row, C, scale, loss ? &exact : nullptr,
+                    dz ? dz + (b * pb.n + i + v) * C : nullptr);
+    if (loss) *loss += exact;
+  }
+}
+
+LS_INLINE bool any(vi mask) {
+  bool found = false;
+  for (int v = 0; v < kLanes; ++v) found |= mask[v] != 0;
+  return found;
+}
+
+LS_CLONES void mce_loss_chunk(const Problem& pb, int64_t b, int64_t start, int64_t stop,
+                              double* loss) {
+  const int64_t C = pb.c;
+  const vf tiny = splat(kTinyMass);
   Block blk;
   vf e[kMaxClasses];
   vf acc = vf{};
-  const vf tiny = splat(kTinyMass);
   for (int64_t i = start; i < stop; i += kLanes) {
     const int nv = static_cast<int>(std::min<int64_t>(kLanes, stop - i));
-    load_block(pb, b, i, nv, blk);
+    load_labels(pb, b, i, nv, blk);
+    load_logits(pb, b, i, nv, blk);
     vf sum;
     block_exp(blk, C, e, sum);
     vf set_sum = vf{};
     for (int64_t c = 0; c < C; ++c) set_sum += blk.m[c] * e[c];
-    const vi underflow = (blk.w > 0.0f) & (set_sum < tiny);  // redone exactly below
-    const vf safe_set = vmax(set_sum, tiny);
-    if (loss_out) acc += select(underflow, vf{}, blk.w * (log_v(sum) - log_v(safe_set)));
-    if (dz) {
-      const vf inv = scale / sum, inv_set = scale / safe_set;
-      for (int64_t c = 0; c < C; ++c) e[c] = e[c] * (inv - blk.m[c] * inv_set);
-      store_block(e, C, nv, dz + (b * pb.n + i) * C);
-    }
-    bool any = false;
-    for (int v = 0; v < kLanes; ++v) any |= underflow[v] != 0;
-    if (any) {  // rare: the set's logits are far below the maximum
-      const float* zb = pb.z + (b * pb.n + i) * C;
-      for (int v = 0; v < nv; ++v) {
-        if (!underflow[v]) continue;
-        float m_row[kMaxClasses];
-        for (int64_t c = 0; c < C; ++c) m_row[c] = blk.m[c][v];
-        double exact = 0.0;
-        mce_voxel_exact(zb + v * C, m_row, C, scale, loss_out ? &exact : nullptr,
-                        dz ? dz + (b * pb.n + i + v) * C : nullptr);
-        if (loss_out) *loss_out += exact;
-      }
-    }
+    const vi underflow = (blk.w > 0.0f) & (set_sum < tiny);
+    acc += select(underflow, vf{}, blk.w * (log_v(sum) - log_v(vmax(set_sum, tiny))));
+    if (any(underflow)) mce_exact_lanes(pb, blk, underflow, b, i, nv, 0.0, loss, nullptr);
   }
-  if (loss_out) {
-    double total = 0.0;
-    for (int v = 0; v < kLanes; ++v) total += acc[v];
-    *loss_out += total;
+  double total = 0.0;
+  for (int v = 0; v < kLanes; ++v) total += acc[v];
+  *loss += total;
+}
+
+LS_CLONES void mce_grad_chunk(const Problem& pb, int64_t b, int64_t start, int64_t stop,
+                              float scale, float* dz) {
+  const int64_t C = pb.c;
+  const vf tiny = splat(kTinyMass);
+  Block blk;
+  vf p[kMaxClasses];
+  for (int64_t i = start; i < stop; i += kLanes) {
+    const int nv = static_cast<int>(std::min<int64_t>(kLanes, stop - i));
+    load_labels(pb, b, i, nv, blk);
+    load_logits(pb, b, i, nv, blk);
+    block_softmax(blk, C, p);
+    // In the set: -p_c (1 - P_set) / P_set, with 1 - P_set summed over the leaves outside the set
+    // (no cancellation; exactly 0 for the ignore label). Outside: p_c.
+    vf set_mass = vf{}, out_mass = vf{};
+    for (int64_t c = 0; c < C; ++c) {
+      set_mass += blk.m[c] * p[c];
+      out_mass += (1.0f - blk.m[c]) * p[c];
+    }
+    const vi underflow = (blk.w > 0.0f) & (set_mass < tiny);
+    const vf in_set = -scale * out_mass / vmax(set_mass, tiny);
+    for (int64_t c = 0; c < C; ++c) p[c] = p[c] * select(blk.m[c] > 0.0f, in_set, splat(scale));
+    store_voxel_major(p, C, nv, dz + (b * pb.n + i) * C);
+    if (any(underflow)) mce_exact_lanes(pb, blk, underflow, b, i, nv, scale, nullptr, dz);
   }
 }
 
@@ -444,10 +501,9 @@ ffi::Error MceLossImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
   if (maybe.has_error()) return maybe.error();
   const Problem pb = maybe.value();
   const int64_t per_sample = (pb.n + kChunk - 1) / kChunk;
-  std::vector<double> partial(pb.batch * per_sample, 0.0);
-  parallel_chunks(pool, pb.batch * per_sample, [&](int64_t j) {
-    const int64_t b = j / per_sample, start = (j % per_sample) * kChunk;
-    mce_chunk(pb, b, start, std::min(pb.n, start + kChunk), 0.0f, &partial[j], nullptr);
+  std::vector<double> partial(num_chunks(pb), 0.0);
+  for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t j) {
+    mce_loss_chunk(pb, b, start, stop, &partial[j]);
   });
   for (int64_t b = 0; b < pb.batch; ++b) {
     double total = 0.0;
@@ -465,47 +521,37 @@ ffi::Error MceGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
   auto maybe = make_problem(logits, labels, mem, size, bits);
   if (maybe.has_error()) return maybe.error();
   const Problem pb = maybe.value();
-  if (scale.element_count() != static_cast<size_t>(pb.batch))
-    return ffi::Error::InvalidArgument("labelset_jax marginal CE grad: scale must be [B]");
-  const int64_t per_sample = (pb.n + kChunk - 1) / kChunk;
-  parallel_chunks(pool, pb.batch * per_sample, [&](int64_t j) {
-    const int64_t b = j / per_sample, start = (j % per_sample) * kChunk;
-    const int64_t stop = std::min(pb.n, start + kChunk);
-    populate(dz->typed_data() + (b * pb.n + start) * pb.c, dz->typed_data() + (b * pb.n + stop) * pb.c);
-    mce_chunk(pb, b, start, stop, scale.typed_data()[b], nullptr, dz->typed_data());
+  if (auto e = check_coefficients(pb, scale, 1, "scale"); e.failure()) return e;
+  float* out = dz->typed_data();
+  for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t) {
+    populate(out + (b * pb.n + start) * pb.c, out + (b * pb.n + stop) * pb.c);
+    mce_grad_chunk(pb, b, start, stop, scale.typed_data()[b], out);
   });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-#define LS_COMMON_ARGS                   \
-  .Ctx<ffi::ThreadPool>()                \
-      .Arg<ffi::Buffer<ffi::F32>>()      \
-      .Arg<ffi::Buffer<ffi::S32>>()      \
-      .Arg<ffi::Buffer<ffi::F32>>()      \
+#define LS_ARGS                        \
+  .Ctx<ffi::ThreadPool>()              \
+      .Arg<ffi::Buffer<ffi::F32>>()    \
+      .Arg<ffi::Buffer<ffi::S32>>()    \
+      .Arg<ffi::Buffer<ffi::F32>>()    \
       .Arg<ffi::Buffer<ffi::F32>>()
+#define LS_DICE_ATTRS \
+  .Attr<int32_t>("marginal").Attr<int32_t>("leaf").Attr<int32_t>("squared")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LsDiceSums, DiceSumsImpl,
-                              ffi::Ffi::Bind() LS_COMMON_ARGS
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("marginal")
-                                  .Attr<int32_t>("leaf")
-                                  .Attr<int32_t>("squared"));
+                              ffi::Ffi::Bind() LS_ARGS.Ret<ffi::Buffer<ffi::F32>>() LS_DICE_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LsDiceGrad, DiceGradImpl,
-                              ffi::Ffi::Bind() LS_COMMON_ARGS
+                              ffi::Ffi::Bind() LS_ARGS.Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("marginal")
-                                  .Attr<int32_t>("leaf")
-                                  .Attr<int32_t>("squared"));
+                                  .Ret<ffi::Buffer<ffi::F32>>() LS_DICE_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LsMceLoss, MceLossImpl,
-                              ffi::Ffi::Bind() LS_COMMON_ARGS.Ret<ffi::Buffer<ffi::F32>>());
+                              ffi::Ffi::Bind() LS_ARGS.Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LsMceGrad, MceGradImpl,
-                              ffi::Ffi::Bind() LS_COMMON_ARGS
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                              ffi::Ffi::Bind() LS_ARGS.Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

@@ -134,9 +134,9 @@ def dice_grad(logits: Array, labels: Array, space: LabelSpace, a: Array, b: Arra
               marginal: bool, leaf: bool, squared: bool) -> Array:
     """``∂L/∂logits`` from ``a = ∂L/∂S^pt`` and ``b = ∂L/∂S^pp`` (float32 ``[B, C]``)."""
     z, g = _flat(logits, labels)
-    out = jax.ShapeDtypeStruct(z.shape, jnp.float32)
-    grad = _call("LsDiceGrad", out, z, g, *_tables(space), a.astype(jnp.float32),
-                 b.astype(jnp.float32), marginal=marginal, leaf=leaf, squared=squared)
+    grad = _call("LsDiceGrad", jax.ShapeDtypeStruct(z.shape, jnp.float32), z, g, *_tables(space),
+                 a.astype(jnp.float32), b.astype(jnp.float32), marginal=marginal, leaf=leaf,
+                 squared=squared)
     return grad.reshape(logits.shape)
 
 

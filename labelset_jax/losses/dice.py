@@ -127,7 +127,7 @@ def _dice_core(logits: Array, labels: Array, spec: _DiceSpec) -> Array:
 
 
 def _kernel_mode(spec: _DiceSpec) -> dict:
-    """The CPU kernel's flags for ``spec`` (one-hot and uniform targets are both ``m / |g|``)."""
+    """The CPU kernels' flags for ``spec`` (one-hot and uniform targets are both ``m / |g|``)."""
     return dict(marginal=spec.prediction == "marginal", leaf=spec.target == "leaf", squared=spec.squared)
 
 
@@ -143,11 +143,17 @@ def _sums_jax(logits, labels, *, spec):
     return _class_sums(pred, targets, dataclasses.replace(spec, batch_dice=False))
 
 
+def _batch_sums(sums, spec):
+    """Batch Dice adds the per-sample sums over the batch (``[1, C]``)."""
+    if spec.batch_dice:
+        return tuple(jnp.sum(s, axis=0, keepdims=True) for s in sums)
+    return sums
+
+
 def _dice_core_fwd(logits, labels, spec):
     sums = _kernels.on_cpu(functools.partial(_sums_kernel, spec=spec),
                            functools.partial(_sums_jax, spec=spec), logits, labels)
-    if spec.batch_dice:
-        sums = tuple(jnp.sum(s, axis=0, keepdims=True) for s in sums)
+    sums = _batch_sums(sums, spec)
     # Residuals: the inputs and the [B, C] sums; the backward pass recomputes the softmax.
     return _loss_from_sums(*sums, spec, logits.shape[0]), (logits, labels, sums)
 
@@ -186,7 +192,8 @@ def _grad_jax(logits, labels, a, b, *, spec):
 def _dice_core_bwd(spec, residuals, g):
     r"""Closed-form VJP of the Dice core: ``a = ∂L/∂S^pt`` and ``b = ∂L/∂S^pp`` by ``jax.vjp`` on
     the tiny ``[B, C]`` sums, then one pass over the logits and labels (the fused CPU kernel, or
-    :func:`_grad_jax`) writes the gradient; no ``[B, N, C]`` array is kept from the forward pass.
+    :func:`_grad_jax`) recomputes the softmax and writes the gradient; no ``[B, N, C]`` array is
+    kept from the forward pass.
     """
     logits, labels, _ = residuals
     a, b = _sums_vjp(spec, residuals, g)
