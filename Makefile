@@ -11,7 +11,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml setup.py labelset_jax/losses/_cpu_kernels.cc | $(PY)
+$(STAMP): pyproject.toml setup.py $(wildcard labelset_jax/losses/_cpu_kernels*) | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -32,6 +32,7 @@ setup(
         Extension(
             "labelset_jax.losses._cpu_kernels",
             sources=["labelset_jax/losses/_cpu_kernels.cc"],
+            depends=["labelset_jax/losses/_cpu_kernels_isa.inc"],
             language="c++",
             extra_compile_args=["-std=c++17", "-O3", "-Wno-psabi"],
             optional=True,

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
 import platform
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -172,6 +176,43 @@ def test_non_finite_logits_propagate_like_pure_jax(name, bad):
     assert np.array_equal(np.isfinite(v_kernel), np.isfinite(v_jax)), (v_kernel, v_jax)
     if not np.isfinite(v_jax):
         assert not np.isfinite(g_kernel).all()
+
+
+ISA_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from labelset_jax import losses
+    from labelset_jax.losses import _kernels
+    from tests.test_kernels import SPACE, case
+    assert _kernels.instruction_set() == sys.argv[1], _kernels.instruction_set()
+    logits, labels = case(8, shape=(2, 4133))
+    for name in ["leaf_dice", "marginal_dice", "soft_target_dice", "marginal_cross_entropy"]:
+        fn = lambda z: jnp.sum(getattr(losses, name)(z, labels, label_space=SPACE, reduction="none")
+                               * jnp.array([1.0, 2.0]))
+        v1, g1 = jax.jit(jax.value_and_grad(fn))(logits)
+        with _kernels.disabled():
+            v2, g2 = jax.jit(jax.value_and_grad(fn))(logits)
+        np.testing.assert_allclose(v1, v2, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(g1, g2, rtol=1e-3, atol=1e-5 * float(jnp.abs(g2).max()), err_msg=name)
+    print("ok")
+    """
+)
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ["portable", "x86_64_v3", "x86_64_v4"])
+def test_every_instruction_set_variant_equals_pure_jax(isa):
+    """Each compiled code path (chosen at run time by CPU) in a subprocess that forces it."""
+    order = ["portable", "x86_64_v3", "x86_64_v4"]
+    best = _kernels.instruction_set()
+    if best not in order or order.index(isa) > order.index(best):
+        pytest.skip(f"this CPU runs {best}")
+    env = dict(os.environ, LABELSET_JAX_KERNEL_ISA=isa, JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", ISA_SCRIPT, isa], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
 
 
 def test_marginal_ce_custom_vjp_pure_jax_matches_autodiff():

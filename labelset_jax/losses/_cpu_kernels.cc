@@ -26,13 +26,20 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LS_X86_TARGETS 1  // x86-64-v3 and -v4 variants, chosen at run time
+#include <immintrin.h>
 #endif
 
 #include "xla/ffi/api/ffi.h"
@@ -41,72 +48,13 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int kLanes = 16;           // voxels per block (one AVX-512 register of float32)
-constexpr int kMaxClasses = 32;      // larger C falls back to the pure-JAX path (checked in Python)
-constexpr int64_t kChunk = 4096;     // voxels per work item and per float32 partial sum
+constexpr int kMaxClasses = 32;   // larger C falls back to the pure-JAX path (checked in Python)
+constexpr int64_t kChunk = 4096;  // voxels per work item and per float32 partial sum
+constexpr float kTinyMass = 1e-30f;  // below: a set's probability is redone exactly in double
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define LS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LS_CLONES
-#endif
 #define LS_INLINE inline __attribute__((always_inline))
 
-// GCC/Clang vector extensions: one value per voxel of a block, lowered to AVX-512, AVX2 or SSE.
-typedef float vf __attribute__((vector_size(4 * kLanes)));
-typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
 
-LS_INLINE vf splat(float x) { return vf{} + x; }
-LS_INLINE vf vmax(vf a, vf b) { return a < b ? b : a; }  // a NaN in `a` propagates
-LS_INLINE vf select(vi mask, vf a, vf b) { return mask ? a : b; }
-
-// ------------------------------------------------------------------ vectorised exp and log
-LS_INLINE vf exp_v(vf x) {
-  // exp(x) for x <= 0 (arguments are z - max z), Cephes expf; clamped so 2^n stays normal.
-  // NaN (from NaN or infinite logits) propagates, as in XLA's exp.
-  x = select(x < -87.0f, splat(-87.0f), x);
-  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding and removing it rounds to nearest
-  const vf n = (x * 1.44269504088896341f + magic) - magic;
-  vf r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  return p * __builtin_bit_cast(vf, bits);
-}
-
-LS_INLINE vf log_v(vf x) {
-  // log(x) for normal positive x (Cephes logf): x = 2^e * m, m in [sqrt(1/2), sqrt(2)).
-  vi bits = __builtin_bit_cast(vi, x);
-  vi e = ((bits >> 23) & 0xff) - 126;
-  bits = (bits & 0x007fffff) | 0x3f000000;  // mantissa in [0.5, 1)
-  vf m = __builtin_bit_cast(vf, bits);
-  const vi small = m < 0.707106781186547524f;
-  e = small ? e - 1 : e;
-  m = select(small, m + m - 1.0f, m - 1.0f);
-  const vf z = m * m;
-  vf y = splat(7.0376836292e-2f);
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  const vf fe = __builtin_convertvector(e, vf);
-  y += -2.12194440e-4f * fe;
-  y += -0.5f * z;
-  return select(x == x, m + y + 0.693359375f * fe, x);  // NaN propagates
-}
-
-// ------------------------------------------------------------------ one block of voxels
 struct Problem {
   const float* z;         // [B, N, C] logits
   const int32_t* g;       // [B, N]
@@ -115,78 +63,101 @@ struct Problem {
   int64_t batch, n, c, k;
 };
 
-// Channel-major copy of up to kLanes voxels: membership rows, set sizes, lane weights, logits.
-struct Block {
-  vf m[kMaxClasses];
-  vf z[kMaxClasses];
-  vf size;
-  vf w;
-};
-
-LS_INLINE void load_labels(const Problem& pb, int64_t b, int64_t i0, int nv, Block& blk) {
-  const int32_t* g = pb.g + b * pb.n + i0;
-  vi bits = vi{};
-  blk.size = splat(1.0f);
-  blk.w = vf{};
-  for (int v = 0; v < nv; ++v) {
-    int32_t id = g[v];
-    id = id < 0 ? 0 : (id >= pb.k ? static_cast<int32_t>(pb.k - 1) : id);  // bounds only
-    bits[v] = static_cast<int32_t>(pb.bits[id]);
-    blk.size[v] = pb.size[id];
-    blk.w[v] = 1.0f;
-  }
-  for (int64_t c = 0; c < pb.c; ++c)
-    blk.m[c] = __builtin_convertvector((bits >> static_cast<int>(c)) & 1, vf);
-}
-
-LS_INLINE void load_logits(const Problem& pb, int64_t b, int64_t i0, int nv, Block& blk) {
-  const int64_t C = pb.c;
-  const float* z = pb.z + (b * pb.n + i0) * C;
-  for (int64_t c = 0; c < C; ++c) {
-    vf x;
-    for (int v = 0; v < kLanes; ++v) x[v] = v < nv ? z[v * C + c] : 0.0f;
-    blk.z[c] = x;
-  }
-}
-
-// Writes a channel-major block to the voxel-major [nv, C] layout.
-LS_INLINE void store_voxel_major(const vf* x, int64_t C, int nv, float* out) {
-  for (int v = 0; v < nv; ++v)
-    for (int64_t c = 0; c < C; ++c) out[v * C + c] = x[c][v];
-}
-
-// e = exp(z - max z) per element and sum = Σ_c e.
-LS_INLINE void block_exp(const Block& blk, int64_t C, vf* e, vf& sum) {
-  vf mx = blk.z[0];
-  for (int64_t c = 1; c < C; ++c) mx = vmax(mx, blk.z[c]);
-  sum = vf{};
-  for (int64_t c = 0; c < C; ++c) {
-    e[c] = exp_v(blk.z[c] - mx);
-    sum += e[c];
-  }
-}
-
 struct DiceMode {
   bool marginal, leaf, squared;
 };
 
-// p̂ and t of one block from p and the membership rows, channel-major.
-LS_INLINE void dice_maps(const Block& blk, int64_t C, DiceMode mode, const vf* p, vf* pred, vf* t) {
-  if (mode.marginal) {
-    vf set_mass = vf{};
-    for (int64_t c = 0; c < C; ++c) set_mass += p[c] * blk.m[c];
-    set_mass /= blk.size;
-    for (int64_t c = 0; c < C; ++c) pred[c] = select(blk.m[c] > 0.0f, set_mass, p[c]);
-  } else {
-    for (int64_t c = 0; c < C; ++c) pred[c] = p[c];
+// -log Σ_{c∈g} p_c of one voxel, and its gradient, in double with the set's own maximum: used
+// when the set's probability underflows float (its logits far below the maximum).
+void mce_voxel_exact(const float* z, const float* m, int64_t C, double scale, double* loss,
+                     float* dz) {
+  double mx = -INFINITY, mx_set = -INFINITY;
+  for (int64_t c = 0; c < C; ++c) {
+    mx = std::max(mx, static_cast<double>(z[c]));
+    if (m[c] > 0.0f) mx_set = std::max(mx_set, static_cast<double>(z[c]));
   }
-  if (mode.leaf) {
-    const vi single = blk.size == 1.0f;
-    for (int64_t c = 0; c < C; ++c) t[c] = select(single, blk.m[c], vf{});
-  } else {
-    const vf inv_size = 1.0f / blk.size;
-    for (int64_t c = 0; c < C; ++c) t[c] = blk.m[c] * inv_size;
+  double s = 0.0, s_set = 0.0;
+  for (int64_t c = 0; c < C; ++c) {
+    s += std::exp(z[c] - mx);
+    if (m[c] > 0.0f) s_set += std::exp(z[c] - mx_set);
   }
+  const double lse = mx + std::log(s), lse_set = mx_set + std::log(s_set);
+  if (loss) *loss = lse - lse_set;
+  if (dz)
+    for (int64_t c = 0; c < C; ++c)
+      dz[c] = static_cast<float>(scale * (std::exp(z[c] - lse) -
+                                          (m[c] > 0.0f ? std::exp(z[c] - lse_set) : 0.0)));
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ per-target code
+#define LS_ISA portable
+#define LS_LEVEL 0
+#define LS_WIDTH 4
+#include "_cpu_kernels_isa.inc"
+#undef LS_ISA
+#undef LS_LEVEL
+#undef LS_WIDTH
+
+#if LS_X86_TARGETS
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi,bmi2,f16c,lzcnt,movbe,popcnt")
+#define LS_ISA x86_64_v3
+#define LS_LEVEL 3
+#define LS_WIDTH 8
+#include "_cpu_kernels_isa.inc"
+#undef LS_ISA
+#undef LS_LEVEL
+#undef LS_WIDTH
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512cd,avx512dq,avx512vl,avx2,fma,bmi,bmi2,f16c,lzcnt,movbe,popcnt")
+#define LS_ISA x86_64_v4
+#define LS_LEVEL 4
+#define LS_WIDTH 16
+#include "_cpu_kernels_isa.inc"
+#undef LS_ISA
+#undef LS_LEVEL
+#undef LS_WIDTH
+#pragma GCC pop_options
+#endif
+
+namespace {
+
+// The work-item functions of one target.
+struct Isa {
+  const char* name;
+  void (*dice_sums)(const Problem&, DiceMode, int64_t, int64_t, int64_t, double*);
+  void (*dice_grad)(const Problem&, DiceMode, const float*, const float*, int64_t, int64_t, int64_t,
+                    float*);
+  void (*mce_loss)(const Problem&, int64_t, int64_t, int64_t, double*);
+  void (*mce_grad)(const Problem&, int64_t, int64_t, int64_t, float, float*);
+};
+
+#define LS_ISA_TABLE(ns) \
+  Isa { #ns, ns::dice_sums_chunk, ns::dice_grad_chunk, ns::mce_loss_chunk, ns::mce_grad_chunk }
+
+// The best target this CPU supports; LABELSET_JAX_KERNEL_ISA=portable|x86_64_v3|x86_64_v4 picks
+// one (tests run every variant this way).
+const Isa& isa() {
+  static const Isa chosen = [] {
+    const char* want = std::getenv("LABELSET_JAX_KERNEL_ISA");
+    const std::string w = want ? want : "";
+#if LS_X86_TARGETS
+    __builtin_cpu_init();
+    const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("bmi2");
+    const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                    __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    if (w == "portable") return LS_ISA_TABLE(portable);
+    if (v4 && (w.empty() || w == "x86_64_v4")) return LS_ISA_TABLE(x86_64_v4);
+    if (v3 && (w.empty() || w == "x86_64_v4" || w == "x86_64_v3")) return LS_ISA_TABLE(x86_64_v3);
+#endif
+    return LS_ISA_TABLE(portable);
+  }();
+  return chosen;
 }
 
 // ------------------------------------------------------------------ chunked parallel driver
@@ -284,72 +255,7 @@ ffi::Error check_coefficients(const Problem& pb, ffi::Buffer<ffi::F32>& x, int64
   return ffi::Error::Success();
 }
 
-// ------------------------------------------------------------------ Dice
-// Softmax of one block (channel-major).
-LS_INLINE void block_softmax(const Block& blk, int64_t C, vf* p) {
-  vf sum;
-  block_exp(blk, C, p, sum);
-  const vf inv = 1.0f / sum;
-  for (int64_t c = 0; c < C; ++c) p[c] *= inv;
-}
-
-// Per-class sums of one work item (float32 lanes, then double).
-LS_CLONES void dice_sums_chunk(const Problem& pb, DiceMode mode, int64_t b, int64_t start,
-                               int64_t stop, double* out /* [3, C] */) {
-  const int64_t C = pb.c;
-  Block blk;
-  vf p[kMaxClasses], pred[kMaxClasses], t[kMaxClasses];
-  vf acc[3][kMaxClasses];
-  for (int s = 0; s < 3; ++s)
-    for (int64_t c = 0; c < C; ++c) acc[s][c] = vf{};
-  for (int64_t i = start; i < stop; i += kLanes) {
-    const int nv = static_cast<int>(std::min<int64_t>(kLanes, stop - i));
-    load_labels(pb, b, i, nv, blk);
-    load_logits(pb, b, i, nv, blk);
-    block_softmax(blk, C, p);
-    dice_maps(blk, C, mode, p, pred, t);
-    for (int64_t c = 0; c < C; ++c) {
-      const vf q = pred[c] * blk.w, tt = t[c];  // padding lanes: w = 0 and t = 0
-      acc[0][c] += q * tt;
-      acc[1][c] += mode.squared ? q * pred[c] : q;
-      acc[2][c] += mode.squared ? tt * tt : tt;
-    }
-  }
-  for (int s = 0; s < 3; ++s)
-    for (int64_t c = 0; c < C; ++c) {
-      double total = 0.0;
-      for (int v = 0; v < kLanes; ++v) total += acc[s][c][v];
-      out[s * C + c] = total;
-    }
-}
-
-// Gradient of one work item, recomputing the softmax from the logits.
-LS_CLONES void dice_grad_chunk(const Problem& pb, DiceMode mode, const float* a, const float* bb,
-                               int64_t b, int64_t start, int64_t stop, float* dz) {
-  const int64_t C = pb.c;
-  Block blk;
-  vf p[kMaxClasses], pred[kMaxClasses], t[kMaxClasses], d[kMaxClasses];
-  for (int64_t i = start; i < stop; i += kLanes) {
-    const int nv = static_cast<int>(std::min<int64_t>(kLanes, stop - i));
-    load_labels(pb, b, i, nv, blk);
-    load_logits(pb, b, i, nv, blk);
-    block_softmax(blk, C, p);
-    dice_maps(blk, C, mode, p, pred, t);
-    for (int64_t c = 0; c < C; ++c)
-      d[c] = a[c] * t[c] + (mode.squared ? (2.0f * bb[c]) * pred[c] : splat(bb[c]));
-    if (mode.marginal) {  // Φ_g is its own adjoint
-      vf set_d = vf{};
-      for (int64_t c = 0; c < C; ++c) set_d += d[c] * blk.m[c];
-      set_d /= blk.size;
-      for (int64_t c = 0; c < C; ++c) d[c] = select(blk.m[c] > 0.0f, set_d, d[c]);
-    }
-    vf dot = vf{};
-    for (int64_t c = 0; c < C; ++c) dot += p[c] * d[c];
-    for (int64_t c = 0; c < C; ++c) d[c] = p[c] * (d[c] - dot);
-    store_voxel_major(d, C, nv, dz + (b * pb.n + i) * C);
-  }
-}
-
+// ------------------------------------------------------------------ FFI handlers
 ffi::Error DiceSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
                         ffi::Buffer<ffi::S32> labels, ffi::Buffer<ffi::F32> mem,
                         ffi::Buffer<ffi::F32> size, ffi::ResultBuffer<ffi::F32> sums,
@@ -362,7 +268,7 @@ ffi::Error DiceSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
   const int64_t C = pb.c, per_sample = (pb.n + kChunk - 1) / kChunk;
   std::vector<double> partial(num_chunks(pb) * 3 * C, 0.0);
   for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t j) {
-    dice_sums_chunk(pb, mode, b, start, stop, &partial[j * 3 * C]);
+    isa().dice_sums(pb, mode, b, start, stop, &partial[j * 3 * C]);
   });
   float* out = sums->typed_data();  // [3, B, C]; chunk order: independent of the thread count
   for (int64_t b = 0; b < pb.batch; ++b)
@@ -391,106 +297,10 @@ ffi::Error DiceGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
   float* out = dz->typed_data();
   for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t) {
     populate(out + (b * pb.n + start) * pb.c, out + (b * pb.n + stop) * pb.c);
-    dice_grad_chunk(pb, mode, a.typed_data() + b * pb.c, bcoef.typed_data() + b * pb.c, b, start,
+    isa().dice_grad(pb, mode, a.typed_data() + b * pb.c, bcoef.typed_data() + b * pb.c, b, start,
                     stop, out);
   });
   return ffi::Error::Success();
-}
-
-// ------------------------------------------------------------------ marginal cross-entropy
-// Per voxel: -log Σ_{c∈g} p_c. When the set's mass underflows in float (its logits far below the
-// maximum), the voxel is redone in double with the set's own maximum.
-constexpr float kTinyMass = 1e-30f;
-
-void mce_voxel_exact(const float* z, const float* m, int64_t C, double scale, double* loss,
-                     float* dz) {
-  double mx = -INFINITY, mx_set = -INFINITY;
-  for (int64_t c = 0; c < C; ++c) {
-    mx = std::max(mx, static_cast<double>(z[c]));
-    if (m[c] > 0.0f) mx_set = std::max(mx_set, static_cast<double>(z[c]));
-  }
-  double s = 0.0, s_set = 0.0;
-  for (int64_t c = 0; c < C; ++c) {
-    s += std::exp(z[c] - mx);
-    if (m[c] > 0.0f) s_set += std::exp(z[c] - mx_set);
-  }
-  const double lse = mx + std::log(s), lse_set = mx_set + std::log(s_set);
-  if (loss) *loss = lse - lse_set;
-  if (dz)
-    for (int64_t c = 0; c < C; ++c)
-      dz[c] = static_cast<float>(scale * (std::exp(z[c] - lse) -
-                                          (m[c] > 0.0f ? std::exp(z[c] - lse_set) : 0.0)));
-}
-
-// Redoes the lanes flagged in `underflow` exactly (loss added to *loss, gradient written).
-void mce_exact_lanes(const Problem& pb, const Block& blk, vi underflow, int64_t b, int64_t i,
-                     int nv, double scale, double* loss, float* dz) {
-  const int64_t C = pb.c;
-  for (int v = 0; v < nv; ++v) {
-    if (!underflow[v]) continue;
-    float m_row[kMaxClasses];
-    for (int64_t c = 0; c < C; ++c) m_row[c] = blk.m[c][v];
-    double exact = 0.0;
-    mce_voxel_exact(pb.z + (b * pb.n + i + v) * C, m_row, C, scale, loss ? &exact : nullptr,
-                    dz ? dz + (b * pb.n + i + v) * C : nullptr);
-    if (loss) *loss += exact;
-  }
-}
-
-LS_INLINE bool any(vi mask) {
-  bool found = false;
-  for (int v = 0; v < kLanes; ++v) found |= mask[v] != 0;
-  return found;
-}
-
-LS_CLONES void mce_loss_chunk(const Problem& pb, int64_t b, int64_t start, int64_t stop,
-                              double* loss) {
-  const int64_t C = pb.c;
-  const vf tiny = splat(kTinyMass);
-  Block blk;
-  vf e[kMaxClasses];
-  vf acc = vf{};
-  for (int64_t i = start; i < stop; i += kLanes) {
-    const int nv = static_cast<int>(std::min<int64_t>(kLanes, stop - i));
-    load_labels(pb, b, i, nv, blk);
-    load_logits(pb, b, i, nv, blk);
-    vf sum;
-    block_exp(blk, C, e, sum);
-    vf set_sum = vf{};
-    for (int64_t c = 0; c < C; ++c) set_sum += blk.m[c] * e[c];
-    const vi underflow = (blk.w > 0.0f) & (set_sum < tiny);
-    acc += select(underflow, vf{}, blk.w * (log_v(sum) - log_v(vmax(set_sum, tiny))));
-    if (any(underflow)) mce_exact_lanes(pb, blk, underflow, b, i, nv, 0.0, loss, nullptr);
-  }
-  double total = 0.0;
-  for (int v = 0; v < kLanes; ++v) total += acc[v];
-  *loss += total;
-}
-
-LS_CLONES void mce_grad_chunk(const Problem& pb, int64_t b, int64_t start, int64_t stop,
-                              float scale, float* dz) {
-  const int64_t C = pb.c;
-  const vf tiny = splat(kTinyMass);
-  Block blk;
-  vf p[kMaxClasses];
-  for (int64_t i = start; i < stop; i += kLanes) {
-    const int nv = static_cast<int>(std::min<int64_t>(kLanes, stop - i));
-    load_labels(pb, b, i, nv, blk);
-    load_logits(pb, b, i, nv, blk);
-    block_softmax(blk, C, p);
-    // In the set: -p_c (1 - P_set) / P_set, with 1 - P_set summed over the leaves outside the set
-    // (no cancellation; exactly 0 for the ignore label). Outside: p_c.
-    vf set_mass = vf{}, out_mass = vf{};
-    for (int64_t c = 0; c < C; ++c) {
-      set_mass += blk.m[c] * p[c];
-      out_mass += (1.0f - blk.m[c]) * p[c];
-    }
-    const vi underflow = (blk.w > 0.0f) & (set_mass < tiny);
-    const vf in_set = -scale * out_mass / vmax(set_mass, tiny);
-    for (int64_t c = 0; c < C; ++c) p[c] = p[c] * select(blk.m[c] > 0.0f, in_set, splat(scale));
-    store_voxel_major(p, C, nv, dz + (b * pb.n + i) * C);
-    if (any(underflow)) mce_exact_lanes(pb, blk, underflow, b, i, nv, scale, nullptr, dz);
-  }
 }
 
 ffi::Error MceLossImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
@@ -503,7 +313,7 @@ ffi::Error MceLossImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
   const int64_t per_sample = (pb.n + kChunk - 1) / kChunk;
   std::vector<double> partial(num_chunks(pb), 0.0);
   for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t j) {
-    mce_loss_chunk(pb, b, start, stop, &partial[j]);
+    isa().mce_loss(pb, b, start, stop, &partial[j]);
   });
   for (int64_t b = 0; b < pb.batch; ++b) {
     double total = 0.0;
@@ -525,12 +335,15 @@ ffi::Error MceGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
   float* out = dz->typed_data();
   for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t) {
     populate(out + (b * pb.n + start) * pb.c, out + (b * pb.n + stop) * pb.c);
-    mce_grad_chunk(pb, b, start, stop, scale.typed_data()[b], out);
+    isa().mce_grad(pb, b, start, stop, scale.typed_data()[b], out);
   });
   return ffi::Error::Success();
 }
 
 }  // namespace
+
+// The target the kernels run on (for benchmarks and tests).
+extern "C" __attribute__((visibility("default"))) const char* LsKernelIsa() { return isa().name; }
 
 #define LS_ARGS                        \
   .Ctx<ffi::ThreadPool>()              \

@@ -52,21 +52,34 @@ def library_path() -> pathlib.Path | None:
 
 
 @functools.cache
-def _load() -> bool:
+def _library() -> ctypes.CDLL | None:
     """Loads the library and registers its handlers with XLA (once per process)."""
     path = library_path()
     if path is None:
-        return False
+        return None
     try:
         lib = ctypes.CDLL(str(path))
         for symbol, target in _TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+        lib.LsKernelIsa.restype = ctypes.c_char_p
     except (OSError, AttributeError) as e:  # a stale or foreign build: keep the pure-JAX path
         import warnings
 
         warnings.warn(f"labelset_jax: CPU kernels at {path} not loaded ({e}); using pure JAX")
-        return False
-    return True
+        return None
+    return lib
+
+
+def _load() -> bool:
+    return _library() is not None
+
+
+def instruction_set() -> str | None:
+    """The code path the kernels run on this CPU (``"x86_64_v4"``: AVX-512, ``"x86_64_v3"``: AVX2,
+    ``"portable"``), or ``None`` when they are not built. ``LABELSET_JAX_KERNEL_ISA`` (read when the
+    first kernel runs) selects a lower one."""
+    lib = _library()
+    return lib.LsKernelIsa().decode() if lib is not None else None
 
 
 def available() -> bool:
