@@ -15,11 +15,13 @@
 //
 // One pass over the logits each: the forward kernels read them once and write [B, C] / [B]; the
 // gradient kernels read them once more (recomputing the softmax: cheaper here than storing it, see
-// benchmarks/RESULTS.md) and write the gradient. Voxels are processed in blocks of kLanes,
-// channel-major in vector registers (GCC/Clang vector extensions) so arithmetic is vectorised
-// across voxels; exp and log are polynomial (Cephes, ~1 ulp) so they vectorise too. Work is split
-// in fixed chunks over XLA's intra-op thread pool; partial sums are kept per chunk and added in
-// chunk order, so results do not depend on the number of threads.
+// benchmarks/RESULTS.md) and write the gradient. Voxels are processed in blocks of one vector
+// register's width, channel-major (GCC/Clang vector extensions), so arithmetic is vectorised
+// across voxels; exp and log are polynomial (Cephes, ~1 ulp) so they vectorise too. The block code
+// (_cpu_kernels_isa.inc) is compiled once per x86-64 level (AVX-512, AVX2: hardware gathers for
+// the layout transposes) and once portably, and the best variant for the CPU is chosen at run
+// time. Work is split in fixed chunks over XLA's intra-op thread pool; partial sums are kept per
+// chunk and added in chunk order, so results do not depend on the number of threads.
 
 #include <algorithm>
 #include <atomic>
@@ -53,7 +55,6 @@ constexpr int64_t kChunk = 4096;  // voxels per work item and per float32 partia
 constexpr float kTinyMass = 1e-30f;  // below: a set's probability is redone exactly in double
 
 #define LS_INLINE inline __attribute__((always_inline))
-
 
 struct Problem {
   const float* z;         // [B, N, C] logits
