@@ -130,6 +130,8 @@ def test_ignore_label_gives_zero_marginal_ce_gradient():
 @needs_kernels
 def test_kernels_under_vmap_and_deterministic():
     logits, labels = case(4, shape=(3, 50))
+    assert "labelset_jax_dice_grad" in lowered_text(
+        jax.vmap(jax.grad(lambda z, g: losses.leaf_dice(z[None], g[None], label_space=SPACE))), logits, labels)
 
     def per_sample(z, g):
         return losses.leaf_dice(z[None], g[None], label_space=SPACE)
@@ -212,6 +214,46 @@ def test_every_instruction_set_variant_equals_pure_jax(isa):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     run = subprocess.run([sys.executable, "-c", ISA_SCRIPT, isa], env=env, cwd=root,
                          capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
+
+
+MESH_SCRIPT = textwrap.dedent(
+    """
+    import jax
+    jax.config.update("jax_num_cpu_devices", 2)
+    import jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from labelset_jax import losses
+    from labelset_jax.losses import _kernels
+    from tests.test_kernels import SPACE, case
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    logits, labels = case(9, shape=(4, 600))
+    z = jax.device_put(logits, NamedSharding(mesh, P("data")))
+    g = jax.device_put(labels, NamedSharding(mesh, P("data")))
+    for name, options in [("leaf_dice", {}), ("marginal_dice", {"batch_dice": True}),
+                          ("marginal_cross_entropy", {})]:
+        fn = lambda z, g: getattr(losses, name)(z, g, label_space=SPACE, **options)
+        with jax.set_mesh(mesh):
+            step = jax.jit(jax.value_and_grad(fn))
+            hlo = step.lower(z, g).compile().as_text()
+            value, grad = step(z, g)
+        assert "labelset_jax" in hlo and "all-gather" not in hlo, name  # each device its shard
+        assert grad.sharding.spec == P("data"), (name, grad.sharding)
+        with _kernels.disabled():
+            want_value, want_grad = jax.jit(jax.value_and_grad(fn))(logits, labels)
+        np.testing.assert_allclose(value, want_value, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-3, atol=1e-5 * float(jnp.abs(want_grad).max()))
+    print("ok")
+    """
+)
+
+
+@needs_kernels
+def test_kernels_run_per_device_shard_under_a_mesh():
+    """Data-parallel training: the kernels see each device's slice of the batch (no all-gather)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                         cwd=root, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
 
 

@@ -128,18 +128,87 @@ def _flat(logits: Array, labels: Array) -> tuple[Array, Array]:
     return logits.reshape(batch, -1, c), labels.reshape(batch, -1).astype(jnp.int32)
 
 
-def _call(target: str, out_shape, *operands, **attrs):
-    attrs = {k: np.int32(v) for k, v in attrs.items()}
-    return jax.ffi.ffi_call(_TARGETS[target], out_shape, vmap_method="sequential")(*operands, **attrs)
+# Per kernel: the batch axis of each operand (None: a label-space table), the batch axis of the
+# result, and the Shardy sharding rule. Every kernel is independent across samples, so under a
+# device mesh it runs on each device's shard of the batch (custom_partitioning), and under vmap the
+# mapped axis is folded into the batch axis (custom_vmap).
+_LAYOUT = {
+    "LsDiceSums": ((0, 0, None, None), 1, "b n c, b n, k c, k -> s b c"),
+    "LsDiceGrad": ((0, 0, None, None, 0, 0), 0, "b n c, b n, k c, k, b c, b c -> b n c"),
+    "LsMceLoss": ((0, 0, None, None), 0, "b n c, b n, k c, k -> b"),
+    "LsMceGrad": ((0, 0, None, None, 0), 0, "b n c, b n, k c, k, b -> b n c"),
+}
+
+
+def _result_shape(target: str, z_shape) -> tuple[int, ...]:
+    batch, n, c = z_shape
+    return {"LsDiceSums": (3, batch, c), "LsMceLoss": (batch,)}.get(target, (batch, n, c))
+
+
+@functools.cache
+def _kernel(target: str, attrs: tuple[tuple[str, int], ...]):
+    """The custom call ``target`` with static ``attrs``, batch-parallel under meshes and vmap."""
+    from jax.experimental.custom_partitioning import custom_partitioning
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    in_axes, out_axis, rule = _LAYOUT[target]
+
+    def call(*operands):
+        out = jax.ShapeDtypeStruct(_result_shape(target, operands[0].shape), jnp.float32)
+        return jax.ffi.ffi_call(_TARGETS[target], out)(*operands, **{k: np.int32(v) for k, v in attrs})
+
+    def sharded(mesh, rank, axis, batch_spec):
+        spec = [None] * rank
+        if axis is not None:
+            spec[axis] = batch_spec
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    def batch_spec(arg_shapes):  # the logits' sharding along the batch axis; the rest replicated
+        spec = arg_shapes[0].sharding.spec
+        return spec[0] if len(spec) else None
+
+    def infer(mesh, arg_shapes, result_shape):
+        return sharded(mesh, len(result_shape.shape), out_axis, batch_spec(arg_shapes))
+
+    def partition(mesh, arg_shapes, result_shape):
+        spec = batch_spec(arg_shapes)
+        args = tuple(sharded(mesh, len(a.shape), axis, spec) for a, axis in zip(arg_shapes, in_axes))
+        return mesh, call, sharded(mesh, len(result_shape.shape), out_axis, spec), args
+
+    partitioned = custom_partitioning(call)
+    partitioned.def_partition(partition=partition, infer_sharding_from_operands=infer,
+                              sharding_rule=rule)
+    batched = jax.custom_batching.custom_vmap(partitioned)
+
+    @batched.def_vmap
+    def _fold_mapped_axis(axis_size, in_batched, *operands):
+        merged = []
+        for x, is_batched, axis in zip(operands, in_batched, in_axes):
+            if axis is None:
+                if is_batched:
+                    raise NotImplementedError("labelset_jax kernels: label-space tables cannot be vmapped")
+                merged.append(x)
+                continue
+            if not is_batched:
+                x = jnp.broadcast_to(x, (axis_size,) + x.shape)
+            merged.append(x.reshape((axis_size * x.shape[1],) + x.shape[2:]))
+        out = batched(*merged)
+        shape = out.shape
+        out = out.reshape(shape[:out_axis] + (axis_size, shape[out_axis] // axis_size) + shape[out_axis + 1:])
+        return jnp.moveaxis(out, out_axis, 0), True
+
+    return batched
+
+
+def _call(target: str, *operands, **attrs):
+    return _kernel(target, tuple(sorted(attrs.items())))(*operands)
 
 
 def dice_sums(logits: Array, labels: Array, space: LabelSpace, *, marginal: bool, leaf: bool,
               squared: bool) -> tuple[Array, Array, Array]:
     """Per-sample ``(S^pt, S^pp, S^tt)``, each float32 ``[B, C]`` (see ``dice.py``)."""
     z, g = _flat(logits, labels)
-    out = jax.ShapeDtypeStruct((3, z.shape[0], z.shape[-1]), jnp.float32)
-    sums = _call("LsDiceSums", out, z, g, *_tables(space), marginal=marginal, leaf=leaf,
-                 squared=squared)
+    sums = _call("LsDiceSums", z, g, *_tables(space), marginal=marginal, leaf=leaf, squared=squared)
     return sums[0], sums[1], sums[2]
 
 
@@ -147,21 +216,19 @@ def dice_grad(logits: Array, labels: Array, space: LabelSpace, a: Array, b: Arra
               marginal: bool, leaf: bool, squared: bool) -> Array:
     """``∂L/∂logits`` from ``a = ∂L/∂S^pt`` and ``b = ∂L/∂S^pp`` (float32 ``[B, C]``)."""
     z, g = _flat(logits, labels)
-    grad = _call("LsDiceGrad", jax.ShapeDtypeStruct(z.shape, jnp.float32), z, g, *_tables(space),
-                 a.astype(jnp.float32), b.astype(jnp.float32), marginal=marginal, leaf=leaf,
-                 squared=squared)
+    grad = _call("LsDiceGrad", z, g, *_tables(space), a.astype(jnp.float32), b.astype(jnp.float32),
+                 marginal=marginal, leaf=leaf, squared=squared)
     return grad.reshape(logits.shape)
 
 
 def marginal_ce_sum(logits: Array, labels: Array, space: LabelSpace) -> Array:
     """``Σ_i -log Σ_{c ∈ g_i} p_ic`` per sample, float32 ``[B]``."""
     z, g = _flat(logits, labels)
-    return _call("LsMceLoss", jax.ShapeDtypeStruct((z.shape[0],), jnp.float32), z, g, *_tables(space))
+    return _call("LsMceLoss", z, g, *_tables(space))
 
 
 def marginal_ce_grad(logits: Array, labels: Array, space: LabelSpace, scale: Array) -> Array:
     """``scale_b · ∂/∂logits Σ_i -log Σ_{c ∈ g_i} p_ic`` (``scale`` float32 ``[B]``)."""
     z, g = _flat(logits, labels)
-    grad = _call("LsMceGrad", jax.ShapeDtypeStruct(z.shape, jnp.float32), z, g, *_tables(space),
-                 scale.astype(jnp.float32))
+    grad = _call("LsMceGrad", z, g, *_tables(space), scale.astype(jnp.float32))
     return grad.reshape(logits.shape)
