@@ -260,17 +260,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         trainer, state = create_trainer(config, model, label_space, mesh)
         ckpt = checkpoints.Checkpointer(workdir, keep=config.get("keep_checkpoints", 2))
         start = 0
+        metrics: dict[str, float] = {}
+        last_loss = float("nan")
         if ckpt.latest_step() is not None:
             state, meta = ckpt.restore(checkpoints.abstract_like(state))
             loader.load_state_dict(meta["loader"])
             start = int(meta["step"])
+            metrics = dict(meta.get("metrics") or {})  # a finished run resumed: keep its results
+            last_loss = float(meta.get("train_loss", float("nan")))
             logging.info("Resumed from step %d in %s", start, workdir)
 
         writer = MetricWriter(workdir, enabled=is_main)
         log_every = config.get("log_every", 10)
-        metrics: dict[str, float] = {}
         window_start, window_steps = time.perf_counter(), 0
-        last_loss = float("nan")
         try:
             for step in range(start + 1, config.num_steps + 1):
                 images, labels = next(loader)
@@ -297,7 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     writer.write_scalars(step, metrics)
                     logging.info("step %d validation: %s", step, _format(metrics))
                 if is_ckpt:
-                    meta = {"step": step, "loader": loader.state_dict(), "metrics": metrics}
+                    meta = {"step": step, "loader": loader.state_dict(), "metrics": metrics,
+                            "train_loss": last_loss}
                     ckpt.save(step, state, meta, metrics=metrics if is_eval else None)
         finally:
             ckpt.close()

@@ -104,6 +104,15 @@ def test_resume_gives_the_same_next_step_loss(tmp_path):
     assert resumed[3] == pytest.approx(straight[3], rel=1e-6)
 
 
+def test_rerunning_a_finished_run_keeps_its_results(tmp_path):
+    """`make run` twice: the second resumes at the last step and must not report a NaN loss."""
+    config = tiny(default.get_config(), num_steps=2, eval_every=2, checkpoint_every=2)
+    first = train.train_and_evaluate(config, tmp_path)
+    again = train.train_and_evaluate(config, tmp_path)
+    assert np.isfinite(first["train/loss"])
+    assert again == first
+
+
 def test_same_seed_same_trajectory(tmp_path):
     config = tiny(default.get_config(), num_steps=3, eval_every=0, checkpoint_every=10)
     a = train.train_and_evaluate(config, tmp_path / "a")
