@@ -419,7 +419,10 @@ def test_losses_module_imports_only_jax_and_numpy():
     import sys
 
     code = (
-        "import sys, labelset_jax.losses; "
+        "import sys, jax, jax.numpy as jnp, labelset_jax.losses as L; "
+        "from labelset_jax.labelsets import FETAL_BRAIN as S; "
+        "jax.grad(lambda z: L.leaf_dice(z, jnp.zeros((1, 8), jnp.int32), label_space=S) "
+        "+ L.marginal_cross_entropy(z, jnp.full((1, 8), 9), label_space=S))(jnp.ones((1, 8, 9))); "
         "bad = [m for m in sys.modules if m.split('.')[0] in "
         "('flax', 'optax', 'orbax', 'nibabel', 'scipy', 'torch', 'ml_collections', 'absl')]; "
         "print(bad); assert not bad"

@@ -256,31 +256,39 @@ ffi::Error check_coefficients(const Problem& pb, ffi::Buffer<ffi::F32>& x, int64
   return ffi::Error::Success();
 }
 
+// Runs body(problem) once the shared operands are validated.
+template <typename F>
+ffi::Error with_problem(ffi::Buffer<ffi::F32>& logits, ffi::Buffer<ffi::S32>& labels,
+                        ffi::Buffer<ffi::F32>& mem, ffi::Buffer<ffi::F32>& size, F body) {
+  std::vector<uint32_t> bits;
+  auto problem = make_problem(logits, labels, mem, size, bits);
+  if (problem.has_error()) return problem.error();
+  return body(problem.value());
+}
+
 // ------------------------------------------------------------------ FFI handlers
 ffi::Error DiceSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
                         ffi::Buffer<ffi::S32> labels, ffi::Buffer<ffi::F32> mem,
                         ffi::Buffer<ffi::F32> size, ffi::ResultBuffer<ffi::F32> sums,
                         int32_t marginal, int32_t leaf, int32_t squared) {
-  std::vector<uint32_t> bits;
-  auto maybe = make_problem(logits, labels, mem, size, bits);
-  if (maybe.has_error()) return maybe.error();
-  const Problem pb = maybe.value();
-  const DiceMode mode{marginal != 0, leaf != 0, squared != 0};
-  const int64_t C = pb.c, per_sample = (pb.n + kChunk - 1) / kChunk;
-  std::vector<double> partial(num_chunks(pb) * 3 * C, 0.0);
-  for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t j) {
-    isa().dice_sums(pb, mode, b, start, stop, &partial[j * 3 * C]);
+  return with_problem(logits, labels, mem, size, [&](const Problem& pb) -> ffi::Error {
+    const DiceMode mode{marginal != 0, leaf != 0, squared != 0};
+    const int64_t C = pb.c, per_sample = (pb.n + kChunk - 1) / kChunk;
+    std::vector<double> partial(num_chunks(pb) * 3 * C, 0.0);
+    for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t j) {
+      isa().dice_sums(pb, mode, b, start, stop, &partial[j * 3 * C]);
+    });
+    float* out = sums->typed_data();  // [3, B, C]; chunk order: independent of the thread count
+    for (int64_t b = 0; b < pb.batch; ++b)
+      for (int s = 0; s < 3; ++s)
+        for (int64_t c = 0; c < C; ++c) {
+          double total = 0.0;
+          for (int64_t j = 0; j < per_sample; ++j)
+            total += partial[((b * per_sample + j) * 3 + s) * C + c];
+          out[(s * pb.batch + b) * C + c] = static_cast<float>(total);
+        }
+    return ffi::Error::Success();
   });
-  float* out = sums->typed_data();  // [3, B, C]; chunk order: independent of the thread count
-  for (int64_t b = 0; b < pb.batch; ++b)
-    for (int s = 0; s < 3; ++s)
-      for (int64_t c = 0; c < C; ++c) {
-        double total = 0.0;
-        for (int64_t j = 0; j < per_sample; ++j)
-          total += partial[((b * per_sample + j) * 3 + s) * C + c];
-        out[(s * pb.batch + b) * C + c] = static_cast<float>(total);
-      }
-  return ffi::Error::Success();
 }
 
 ffi::Error DiceGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
@@ -288,57 +296,51 @@ ffi::Error DiceGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
                         ffi::Buffer<ffi::F32> size, ffi::Buffer<ffi::F32> a,
                         ffi::Buffer<ffi::F32> bcoef, ffi::ResultBuffer<ffi::F32> dz,
                         int32_t marginal, int32_t leaf, int32_t squared) {
-  std::vector<uint32_t> bits;
-  auto maybe = make_problem(logits, labels, mem, size, bits);
-  if (maybe.has_error()) return maybe.error();
-  const Problem pb = maybe.value();
-  if (auto e = check_coefficients(pb, a, pb.c, "a"); e.failure()) return e;
-  if (auto e = check_coefficients(pb, bcoef, pb.c, "b"); e.failure()) return e;
-  const DiceMode mode{marginal != 0, leaf != 0, squared != 0};
-  float* out = dz->typed_data();
-  for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t) {
-    populate(out + (b * pb.n + start) * pb.c, out + (b * pb.n + stop) * pb.c);
-    isa().dice_grad(pb, mode, a.typed_data() + b * pb.c, bcoef.typed_data() + b * pb.c, b, start,
-                    stop, out);
+  return with_problem(logits, labels, mem, size, [&](const Problem& pb) -> ffi::Error {
+    if (auto e = check_coefficients(pb, a, pb.c, "a"); e.failure()) return e;
+    if (auto e = check_coefficients(pb, bcoef, pb.c, "b"); e.failure()) return e;
+    const DiceMode mode{marginal != 0, leaf != 0, squared != 0};
+    float* out = dz->typed_data();
+    for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t) {
+      populate(out + (b * pb.n + start) * pb.c, out + (b * pb.n + stop) * pb.c);
+      isa().dice_grad(pb, mode, a.typed_data() + b * pb.c, bcoef.typed_data() + b * pb.c, b, start,
+                      stop, out);
+    });
+    return ffi::Error::Success();
   });
-  return ffi::Error::Success();
 }
 
 ffi::Error MceLossImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
                        ffi::Buffer<ffi::S32> labels, ffi::Buffer<ffi::F32> mem,
                        ffi::Buffer<ffi::F32> size, ffi::ResultBuffer<ffi::F32> loss) {
-  std::vector<uint32_t> bits;
-  auto maybe = make_problem(logits, labels, mem, size, bits);
-  if (maybe.has_error()) return maybe.error();
-  const Problem pb = maybe.value();
-  const int64_t per_sample = (pb.n + kChunk - 1) / kChunk;
-  std::vector<double> partial(num_chunks(pb), 0.0);
-  for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t j) {
-    isa().mce_loss(pb, b, start, stop, &partial[j]);
+  return with_problem(logits, labels, mem, size, [&](const Problem& pb) -> ffi::Error {
+    const int64_t per_sample = (pb.n + kChunk - 1) / kChunk;
+    std::vector<double> partial(num_chunks(pb), 0.0);
+    for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t j) {
+      isa().mce_loss(pb, b, start, stop, &partial[j]);
+    });
+    for (int64_t b = 0; b < pb.batch; ++b) {
+      double total = 0.0;
+      for (int64_t j = 0; j < per_sample; ++j) total += partial[b * per_sample + j];
+      loss->typed_data()[b] = static_cast<float>(total);
+    }
+    return ffi::Error::Success();
   });
-  for (int64_t b = 0; b < pb.batch; ++b) {
-    double total = 0.0;
-    for (int64_t j = 0; j < per_sample; ++j) total += partial[b * per_sample + j];
-    loss->typed_data()[b] = static_cast<float>(total);
-  }
-  return ffi::Error::Success();
 }
 
 ffi::Error MceGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> logits,
                        ffi::Buffer<ffi::S32> labels, ffi::Buffer<ffi::F32> mem,
                        ffi::Buffer<ffi::F32> size, ffi::Buffer<ffi::F32> scale,
                        ffi::ResultBuffer<ffi::F32> dz) {
-  std::vector<uint32_t> bits;
-  auto maybe = make_problem(logits, labels, mem, size, bits);
-  if (maybe.has_error()) return maybe.error();
-  const Problem pb = maybe.value();
-  if (auto e = check_coefficients(pb, scale, 1, "scale"); e.failure()) return e;
-  float* out = dz->typed_data();
-  for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t) {
-    populate(out + (b * pb.n + start) * pb.c, out + (b * pb.n + stop) * pb.c);
-    isa().mce_grad(pb, b, start, stop, scale.typed_data()[b], out);
+  return with_problem(logits, labels, mem, size, [&](const Problem& pb) -> ffi::Error {
+    if (auto e = check_coefficients(pb, scale, 1, "scale"); e.failure()) return e;
+    float* out = dz->typed_data();
+    for_chunks(pool, pb, [&](int64_t b, int64_t start, int64_t stop, int64_t) {
+      populate(out + (b * pb.n + start) * pb.c, out + (b * pb.n + stop) * pb.c);
+      isa().mce_grad(pb, b, start, stop, scale.typed_data()[b], out);
+    });
+    return ffi::Error::Success();
   });
-  return ffi::Error::Success();
 }
 
 }  // namespace
