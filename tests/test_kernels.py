@@ -147,6 +147,25 @@ def test_kernels_under_vmap_and_deterministic():
 
 
 @needs_kernels
+@pytest.mark.parametrize("num_classes", [2, 16, 17, 32])
+def test_kernels_for_every_class_count_code_path(num_classes):
+    """C <= 16 runs code specialised for C (AVX-512), larger C the generic loops, up to 32."""
+    space = LabelSpace.from_superset_map(num_classes, {num_classes: list(range(num_classes))})
+    rng = np.random.default_rng(num_classes)
+    logits = jnp.asarray(rng.normal(scale=3.0, size=(2, 300, num_classes)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, space.num_ids, size=(2, 300)), jnp.int32)
+    for name in ["leaf_dice", "marginal_dice", "marginal_cross_entropy"]:
+        def loss(z, g):
+            return getattr(losses, name)(z, g, label_space=space, reduction="none")
+
+        v_kernel, g_kernel = value_and_grad(loss, logits, labels, kernels=True)
+        v_jax, g_jax = value_and_grad(loss, logits, labels, kernels=False)
+        np.testing.assert_allclose(v_kernel, v_jax, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(g_kernel, g_jax, rtol=1e-3, atol=1e-5 * float(jnp.abs(g_jax).max()),
+                                   err_msg=name)
+
+
+@needs_kernels
 def test_pure_jax_path_where_the_kernels_do_not_apply():
     logits, labels = case(5, shape=(1, 8))
 
