@@ -70,10 +70,6 @@ def _library() -> ctypes.CDLL | None:
     return lib
 
 
-def _load() -> bool:
-    return _library() is not None
-
-
 def instruction_set() -> str | None:
     """The code path the kernels run on this CPU (``"x86_64_v4"``: AVX-512, ``"x86_64_v3"``: AVX2,
     ``"portable"``), or ``None`` when they are not built. ``LABELSET_JAX_KERNEL_ISA`` (read when the
@@ -84,7 +80,7 @@ def instruction_set() -> str | None:
 
 def available() -> bool:
     """Whether the CPU kernels are built, loaded and enabled."""
-    return _state["enabled"] and _load()
+    return _state["enabled"] and _library() is not None
 
 
 def set_enabled(enabled: bool) -> None:
