@@ -30,9 +30,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-    cli.quiet_orbax()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.start(argv)
     workdirs = [w for w in _WORKDIR.value.split(",") if w]
     for w in workdirs:
         if not (Path(w) / "config.json").exists():

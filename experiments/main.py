@@ -19,9 +19,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    cli.quiet_orbax()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.start(argv)
     config = _CONFIG.value
     try:
         results = train.train_and_evaluate(config, _WORKDIR.value)

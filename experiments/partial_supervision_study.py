@@ -92,13 +92,9 @@ def plot(rows: list[dict], methods: list[str], path: Path) -> None:
 
 
 def main(argv):
-    cli.quiet_orbax()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.start(argv)
     methods = list(_METHODS.value)
-    unknown = sorted(set(methods) - set(partial_supervision.METHODS))
-    if unknown:
-        cli.fail(f"unknown method(s) {unknown}; known: {sorted(partial_supervision.METHODS)}")
+    cli.check_known(methods, partial_supervision.METHODS, what="method")
     if _STEPS.value is not None and _STEPS.value < 1:
         cli.fail(f"--steps must be >= 1, got {_STEPS.value}")
     if _NUM_VAL.value is not None and _NUM_VAL.value < 1:

@@ -45,9 +45,7 @@ def stem(path: Path) -> str:
 
 
 def main(argv):
-    cli.quiet_orbax()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.start(argv)
     try:
         files = input_files(Path(_INPUT.value))
         volumes = [(f, *load_nifti(f)) for f in files]  # every file is checked before any work

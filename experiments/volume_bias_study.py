@@ -108,12 +108,8 @@ def plot(summary: list[dict], path: Path) -> None:
 
 
 def main(argv):
-    cli.quiet_orbax()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    unknown = sorted(set(_ARMS.value) - set(volume_bias.ARMS))
-    if unknown:
-        cli.fail(f"unknown arm(s) {unknown}; known: {sorted(volume_bias.ARMS)}")
+    cli.start(argv)
+    cli.check_known(_ARMS.value, volume_bias.ARMS, what="arm")
     try:
         ps = [float(p) for p in _PS.value]
     except ValueError:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from absl import app
+
 
 def quiet_orbax() -> None:
     """Keeps orbax's INFO chatter out of the log (its warnings still show)."""
@@ -22,10 +24,25 @@ def quiet_orbax() -> None:
         handler.addFilter(Filter())
 
 
+def start(argv: list[str]) -> None:
+    """The first line of every entry point's ``main``: quiets orbax and rejects positional arguments
+    (``absl.app.UsageError``: absl prints the usage and exits)."""
+    quiet_orbax()
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+
+
 def fail(message: str) -> None:
     """Prints one line ``error: ...`` to stderr and exits with status 2 (bad input)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def check_known(given, known, *, what: str) -> None:
+    """:func:`fail` naming the entries of ``given`` not in ``known``: ``unknown {what}(s) [...]``."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        fail(f"unknown {what}(s) {unknown}; known: {sorted(known)}")
 
 
 class Progress:

@@ -129,3 +129,17 @@ def test_studies_reject_bad_flags_before_any_work(tmp_path, module, args, messag
     assert out.returncode == 2
     assert message in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("module,flags", [
+    ("experiments.main", ["--config=configs/default.py", "--workdir={tmp}/w"]),
+    ("experiments.evaluate", ["--workdir={tmp}/w"]),
+    ("experiments.predict", ["--workdir={tmp}/w", "--input={tmp}/i", "--output={tmp}/o"]),
+    ("experiments.partial_supervision_study", ["--runs={tmp}/w"]),
+    ("experiments.volume_bias_study", ["--workdir={tmp}/w"]),
+])
+def test_entry_points_reject_positional_arguments(tmp_path, module, flags):
+    out = run(module, *(f.format(tmp=tmp_path) for f in flags), "stray")
+    assert out.returncode != 0
+    assert "unexpected arguments: ['stray']" in out.stderr
+    assert not any(tmp_path.iterdir()), "nothing is written"
