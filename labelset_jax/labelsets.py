@@ -2,7 +2,7 @@
 
 A segmentation network outputs one logit per *leaf* label ``0..C-1``. A partial segmentation gives
 each voxel a *label set* ``A ⊆ {0..C-1}``: the voxel belongs to one of the leaves of ``A``, and
-nothing more is known. Integer label maps hold *label ids* (SPEC §1): ids ``0..C-1`` are the
+nothing more is known. Integer label maps hold *label ids* (docs/theory.md §1): ids ``0..C-1`` are the
 singleton leaves and ids ``>= C`` name label sets, each larger than all of its members.
 
 Everything a label-set loss needs is one static boolean **membership matrix** ``M[K, C]``
@@ -438,7 +438,7 @@ def validate_labels(labels: Any, space: LabelSpace | int, *, what: str = "labels
 
 @dataclasses.dataclass(frozen=True)
 class AnnotationProtocol:
-    """Which leaves an annotator segmented; turns full segmentations into partial ones (SPEC §1).
+    """Which leaves an annotator segmented; turns full segmentations into partial ones (docs/theory.md §1).
 
     Every voxel whose leaf is not annotated gets the label set of all non-annotated leaves
     ``L \\ A+``; annotated leaves stay singletons. The set is added to the space when needed.
@@ -508,7 +508,7 @@ class AnnotationProtocol:
         return jnp.asarray(self.lookup)[labels]
 
 
-#: The fetal brain parcellation label space of SPEC §4 with the three partial-annotation sets.
+#: The fetal brain parcellation label space of docs/theory.md §4 with the three partial-annotation sets.
 FETAL_BRAIN = LabelSpace.from_superset_map(
     9,
     {9: [4, 5, 6, 7, 8], 10: [5, 6, 7, 8], 11: [5, 6, 7]},
@@ -525,7 +525,7 @@ FETAL_BRAIN = LabelSpace.from_superset_map(
     ],
 )
 
-#: The annotation protocols of the reference study (SPEC §4), by name.
+#: The annotation protocols of the reference study (docs/theory.md §4), by name.
 FETAL_BRAIN_PROTOCOLS: dict[str, AnnotationProtocol] = {
     "full": FETAL_BRAIN.protocol(range(9), name="full"),
     "wm_vent_cereb": FETAL_BRAIN.protocol([0, 1, 2, 3], name="wm_vent_cereb"),
