@@ -1,4 +1,4 @@
-"""Procedural fetal brain phantoms: T2-like 3D volumes with the 9 labels of SPEC §4.
+"""Procedural fetal brain phantoms: T2-like 3D volumes with the 9 labels of docs/theory.md §4.
 
 The phantoms are the library's embedded data set: they need no download, are deterministic per
 seed, and come at any size (32³ and 48³ for CPU tests, 128³ and more on a GPU). They are not
@@ -13,7 +13,13 @@ anatomically exact, but they have the features the label-set experiments rely on
   inferiorly;
 * fetal T2 contrast: CSF brightest, white matter bright-ish, cortical grey matter darkest, random
   per-case tissue intensities, partial-volume blur, a smooth multiplicative bias field and Rician
-  noise.
+  noise;
+* optional abnormal anatomy, as in open spina bifida (docs/theory.md §4): ``ventriculomegaly``
+  enlarges the lateral ventricles (their cross-section ×1.6–2.1) and ``small_cerebellum`` shrinks
+  the cerebellum (×0.55–0.7) and moves it down and forward. The severity is drawn per case from
+  a generator of its own (:func:`draw_abnormality`), so a normal phantom is the same whether or
+  not abnormal ones are made, and an abnormal phantom is the normal phantom of the same seed with
+  only those structures changed.
 
 Every label is present in every case for every shape with each side >= 32 (thin structures are
 made at least ~1.25 voxels thick), which the tests check over many seeds.
@@ -28,18 +34,25 @@ resolution, not the brain size.
 (dtype('float32'), dtype('int32'), (32, 32, 32))
 >>> sorted(np.unique(labels).tolist())
 [0, 1, 2, 3, 4, 5, 6, 7, 8]
+>>> _, abnormal = make_phantom(0, shape=(32, 32, 32), ventriculomegaly=True, small_cerebellum=True)
+>>> bool((abnormal == 2).sum() > (labels == 2).sum() and (abnormal == 3).sum() < (labels == 3).sum())
+True
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
 from labelset_jax.labelsets import FETAL_BRAIN
 
-__all__ = ["make_phantom", "phantom_affine", "phantom_spacing", "PHANTOM_FOV_MM", "MIN_PHANTOM_SIZE"]
+__all__ = [
+    "make_phantom", "phantom_affine", "phantom_spacing", "PHANTOM_FOV_MM", "MIN_PHANTOM_SIZE",
+    "Abnormality", "NORMAL", "draw_abnormality",
+]
 
 #: Default field of view of a phantom (mm) along each axis: the spacing is ``FOV / shape``.
 PHANTOM_FOV_MM = 96.0
@@ -64,6 +77,79 @@ _T2_INTENSITY = {
 }
 
 
+class Abnormality(NamedTuple):
+    """The abnormal anatomy of one phantom: scale factors and a displacement of two structures.
+
+    Attributes:
+      ventricle_scale: factor on the lateral ventricles' cross-section (left-right and
+        inferior-superior radii; the anterior-posterior length grows by half as much). 1 = normal.
+      cerebellum_scale: factor on the three radii of the cerebellum. 1 = normal.
+      cerebellum_down: displacement of the cerebellum towards inferior, in units of the brain's
+        half-axis (the brain envelope is about the unit sphere). 0 = normal.
+      cerebellum_forward: displacement of the cerebellum towards anterior, same units. 0 = normal.
+    """
+
+    ventricle_scale: float = 1.0
+    cerebellum_scale: float = 1.0
+    cerebellum_down: float = 0.0
+    cerebellum_forward: float = 0.0
+
+
+#: The normal anatomy (no change).
+NORMAL = Abnormality()
+
+#: Ranges of the severities drawn by :func:`draw_abnormality`.
+VENTRICLE_SCALE = (1.6, 2.1)
+CEREBELLUM_SCALE = (0.55, 0.70)
+CEREBELLUM_DOWN = (0.08, 0.18)
+CEREBELLUM_FORWARD = (0.03, 0.08)
+
+# Mixed into the case seed to make the severity generator: independent of the anatomy's draws.
+_ABNORMALITY_STREAM = 0x5B1F
+
+
+def draw_abnormality(seed: int, *, ventriculomegaly: bool = True, small_cerebellum: bool = True) -> Abnormality:
+    """The severity of the abnormal anatomy of phantom ``seed``, from a generator of its own.
+
+    The draws come from ``numpy.random.default_rng([seed, stream])`` with a fixed stream number,
+    not from the phantom's own generator, so asking for abnormal anatomy never changes the other
+    draws of the phantom. Severities are uniform in :data:`VENTRICLE_SCALE`,
+    :data:`CEREBELLUM_SCALE`, :data:`CEREBELLUM_DOWN` and :data:`CEREBELLUM_FORWARD`; the
+    cerebellum's size and displacement share one severity (a smaller cerebellum sits lower).
+
+    Args:
+      seed: the phantom's seed (non-negative).
+      ventriculomegaly: enlarge the lateral ventricles.
+      small_cerebellum: shrink the cerebellum and move it down and forward.
+
+    Returns:
+      An :class:`Abnormality`; :data:`NORMAL` when both options are off.
+
+    >>> a = draw_abnormality(0)
+    >>> 1.6 <= a.ventricle_scale <= 2.1 and 0.55 <= a.cerebellum_scale <= 0.7
+    True
+    >>> draw_abnormality(0, ventriculomegaly=False, small_cerebellum=False) == NORMAL
+    True
+    """
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    rng = np.random.default_rng([int(seed), _ABNORMALITY_STREAM])
+    ventricles, cerebellum = rng.uniform(0.0, 1.0, 2)  # always both draws: options stay independent
+    out = NORMAL
+    if ventriculomegaly:
+        low, high = VENTRICLE_SCALE
+        out = out._replace(ventricle_scale=float(low + (high - low) * ventricles))
+    if small_cerebellum:
+        out = out._replace(
+            cerebellum_scale=float(CEREBELLUM_SCALE[1] - (CEREBELLUM_SCALE[1] - CEREBELLUM_SCALE[0]) * cerebellum),
+            cerebellum_down=float(CEREBELLUM_DOWN[0] + (CEREBELLUM_DOWN[1] - CEREBELLUM_DOWN[0]) * cerebellum),
+            cerebellum_forward=float(
+                CEREBELLUM_FORWARD[0] + (CEREBELLUM_FORWARD[1] - CEREBELLUM_FORWARD[0]) * cerebellum
+            ),
+        )
+    return out
+
+
 def phantom_spacing(shape: Sequence[int], fov_mm: float = PHANTOM_FOV_MM) -> tuple[float, float, float]:
     """The default voxel size (mm) of a phantom: the field of view divided by the shape.
 
@@ -85,8 +171,8 @@ def phantom_affine(shape: Sequence[int], spacing: Sequence[float] | None = None)
     return affine
 
 
-def _rotation(angles: np.ndarray) -> np.ndarray:
-    """A rotation matrix from three small angles (radians) about the x, y and z axes."""
+def rotation_matrix(angles: np.ndarray) -> np.ndarray:
+    """The rotation ``Rz @ Ry @ Rx`` by three angles (radians) about the x, y and z axes, ``[3, 3]``."""
     cx, cy, cz = np.cos(angles)
     sx, sy, sz = np.sin(angles)
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
@@ -125,8 +211,12 @@ def _ellipsoid(u, centre, radii) -> np.ndarray:
     return sum(((u[a] - centre[a]) / radii[a]) ** 2 for a in range(3))
 
 
-def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
-    """The label map of one phantom (all geometry is drawn from ``rng`` in a fixed order)."""
+def _labels(rng: np.random.Generator, shape: tuple[int, int, int], abnormality: Abnormality = NORMAL) -> np.ndarray:
+    """The label map of one phantom (all geometry is drawn from ``rng`` in a fixed order).
+
+    ``abnormality`` changes the drawn geometry of the ventricles and the cerebellum after the
+    draws, so it never shifts the sequence of ``rng``.
+    """
     # Normalised grid coordinates in (-1, 1) along each axis (the field of view).
     grids = [((np.arange(s, dtype=np.float32) - (s - 1) / 2) / (s / 2)) for s in shape]
     g = np.meshgrid(*grids, indexing="ij", sparse=True)
@@ -134,7 +224,7 @@ def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray
     # Pose and size of the brain envelope (outer surface of the extra-axial CSF).
     centre = rng.uniform(-0.03, 0.03, 3)
     radii = np.array([rng.uniform(0.74, 0.82), rng.uniform(0.84, 0.90), rng.uniform(0.74, 0.80)])
-    rot = _rotation(rng.uniform(-0.1, 0.1, 3)).astype(np.float32)
+    rot = rotation_matrix(rng.uniform(-0.1, 0.1, 3)).astype(np.float32)
     # u: coordinates in the brain frame, the envelope being (about) the unit sphere.
     d = [g[a] - np.float32(centre[a]) for a in range(3)]
     u = [sum(rot[a, b] * d[b] for b in range(3)) / np.float32(radii[a]) for a in range(3)]
@@ -190,6 +280,13 @@ def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray
     vent_c = (rng.uniform(0.14, 0.17), rng.uniform(-0.06, 0.04), rng.uniform(0.05, 0.09))
     vent_r = (thick(0.10, 0.13) * vent_size, rng.uniform(0.32, 0.40), thick(0.12, 0.15) * vent_size)
     bend = rng.uniform(0.05, 0.12)
+    if abnormality.ventricle_scale != 1.0:
+        # Ventriculomegaly: a wider and taller cross-section (medial wall kept off the midline,
+        # growing mostly upwards, towards the corpus callosum) and somewhat longer horns.
+        f = abnormality.ventricle_scale
+        grown = (vent_r[0] * f, vent_r[1] * (1.0 + (f - 1.0) / 2.0), vent_r[2] * f)
+        vent_c = (vent_c[0] + grown[0] - vent_r[0], vent_c[1], vent_c[2] + (grown[2] - vent_r[2]) / 2.0)
+        vent_r = grown
     for side in (-1.0, 1.0):
         labels[_ellipsoid(u, (side * dgm_c[0], dgm_c[1], dgm_c[2]), dgm_r) < 1.0] = DGM
         vu = (u[0], u[1], u[2] + bend * ((u[1] - vent_c[1]) / vent_r[1]) ** 2)  # horns curve down
@@ -211,6 +308,10 @@ def _labels(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray
     # Cerebellum: posterior-inferior, in its own CSF sheath, kept inside the envelope.
     cb_c = (0.0, rng.uniform(-0.52, -0.46), rng.uniform(-0.44, -0.36))
     cb_r = (rng.uniform(0.38, 0.46), thick(0.22, 0.27), thick(0.18, 0.23))
+    if abnormality != NORMAL:
+        # Small cerebellum pulled down and forward (towards the foramen magnum and the brainstem).
+        cb_c = (cb_c[0], cb_c[1] + abnormality.cerebellum_forward, cb_c[2] - abnormality.cerebellum_down)
+        cb_r = tuple(max(r * abnormality.cerebellum_scale, floor) for r in cb_r)
     e_cb = _ellipsoid(u, cb_c, cb_r)
     inside = rho < r_out - t_csf
     labels[(e_cb < (1.0 + t_csf / min(cb_r)) ** 2) & (rho < r_out)] = ECSF
@@ -245,11 +346,13 @@ def make_phantom(
     *,
     shape: Sequence[int] = (48, 48, 48),
     spacing: Sequence[float] | None = None,
+    ventriculomegaly: bool = False,
+    small_cerebellum: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One procedural fetal brain phantom: a T2-like image and its full 9-label segmentation.
 
-    Deterministic: the same ``(seed, shape)`` gives identical arrays. Takes ~0.07 s at 64³ and
-    ~0.5 s at 128³ on one CPU core.
+    Deterministic: the same ``(seed, shape, ventriculomegaly, small_cerebellum)`` gives identical
+    arrays. Takes ~0.07 s at 64³ and ~0.5 s at 128³ on one CPU core.
 
     Args:
       seed: a non-negative integer seed (``numpy.random.default_rng(seed)``).
@@ -259,6 +362,11 @@ def make_phantom(
         view whatever the spacing); the default :func:`phantom_spacing` gives a 96 mm field of view,
         a brain of about 200-300 ml like a third-trimester fetus. Pass it to
         :func:`phantom_affine` when writing NIfTI files.
+      ventriculomegaly: enlarge the lateral ventricles (cross-section ×1.6–2.1).
+      small_cerebellum: shrink the cerebellum (×0.55–0.7) and move it down and forward.
+        The severities of both come from :func:`draw_abnormality` (``seed``); with both options
+        off the phantom is the normal one, and with either on it is the normal phantom of the
+        same seed with only the ventricles or the cerebellum changed (every label still present).
 
     Returns:
       ``(image, labels)``: float32 ``[D, H, W]`` intensities (about 0..1.3, not normalised) and
@@ -274,7 +382,8 @@ def make_phantom(
         raise ValueError(f"spacing must be 3 positive sizes in mm, got {spacing}")
     if int(seed) < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    abnormality = draw_abnormality(seed, ventriculomegaly=ventriculomegaly, small_cerebellum=small_cerebellum)
     rng = np.random.default_rng(int(seed))
-    labels = _labels(rng, shape)
+    labels = _labels(rng, shape, abnormality)
     image = _image(rng, labels)
     return image, labels
