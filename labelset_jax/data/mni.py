@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from labelset_jax.data.nifti import spacing_of
-from labelset_jax.data.phantoms import _rotation
+from labelset_jax.data.phantoms import rotation_matrix
 from labelset_jax.data.transforms import extract_patch
 from labelset_jax.labelsets import LabelSpace
 
@@ -237,7 +237,7 @@ def mni_tissue_case(
         raise ValueError(f"shape must be 3 positive sizes, got {shape}")
     vs = float(voxel_size)
     if augment:
-        rot = _rotation(np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, 3)))
+        rot = rotation_matrix(np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, 3)))
         scale = rng.uniform(*scale_range) * rng.uniform(0.98, 1.02, 3)
         flip = np.where(np.arange(3) == 0, np.where(rng.random() < flip_prob, -1.0, 1.0), 1.0)
         shift = rng.uniform(-max_shift_mm, max_shift_mm, 3) / vs
