@@ -1,0 +1,318 @@
+"""The nnU-Net raw dataset format with label sets: label space, cases, splits, writing, and one
+test per bad input (each a one-line DatasetError naming the culprit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from labelset_jax.data import mni_tissue_case, save_nifti
+from labelset_jax.data.nnunet import (
+    DatasetError,
+    label_space_from_json,
+    label_space_to_json,
+    read_dataset,
+    write_dataset,
+)
+from labelset_jax.labelsets import LabelSpace
+
+# The MNI tissue task as a dataset with label sets: leaves of labelset_jax.data.MNI_TISSUE, the set
+# {csf, gm} written by the cases that annotate only white matter, and the ignore label.
+MNI_JSON = {
+    "labels": {"background": 0, "csf": 1, "gm": 2, "wm": 3, "ignore": 5},
+    "label_sets": {"not_wm": {"id": 4, "members": [1, 2]}},
+}
+MNI_SPACE = LabelSpace.from_superset_map(
+    4, {4: [1, 2], 5: [0, 1, 2, 3]}, ["background", "csf", "gm", "wm"],
+    set_names={4: "not_wm", 5: "ignore"}, ignore_id=5,
+)
+WM_ONLY = ("mni_002", "mni_003")
+WITH_IGNORE = "mni_004"
+
+
+def make_mni_dataset(root, *, voxel_size: int = 8, num_test: int = 1) -> dict[str, np.ndarray]:
+    """Writes ``root`` (a dataset folder) from nilearn's MNI152 template and tissue maps.
+
+    Five augmented training cases: ``mni_000``/``mni_001`` fully annotated, ``mni_002``/``mni_003``
+    annotating only white matter (CSF and GM become the set ``not_wm`` = 4), ``mni_004`` fully
+    annotated but with a slab of ignore label (5); ``num_test`` test images with ``labelsTs``.
+
+    Returns:
+      The label map written for each case id.
+    """
+    space = label_space_from_json(MNI_JSON)
+    training, written = [], {}
+    for i in range(5):
+        case = mni_tissue_case(i, voxel_size=voxel_size)
+        labels = case.labels.copy()
+        case_id = f"mni_{i:03d}"
+        if case_id in WM_ONLY:
+            labels[np.isin(labels, [1, 2])] = 4
+        if case_id == WITH_IGNORE:
+            labels[:, :, : labels.shape[2] // 3] = 5
+        written[case_id] = labels
+        training.append(SimpleNamespace(id=case_id, image=case.image, labels=labels, affine=case.affine))
+    test = []
+    for i in range(num_test):
+        case = mni_tissue_case(100 + i, voxel_size=voxel_size)
+        test.append(SimpleNamespace(id=f"mni_test_{i:03d}", image=case.image, labels=case.labels, affine=case.affine))
+        written[test[-1].id] = case.labels
+    write_dataset(root, training, space=space, channel_names=["T1"], test=test, name="MNI152 tissues")
+    return written
+
+
+@pytest.fixture(scope="module")
+def mni_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mni") / "Dataset001_MNI"
+    return root, make_mni_dataset(root)
+
+
+def test_label_space_from_dataset_json():
+    assert label_space_from_json(MNI_JSON) == MNI_SPACE
+    # member names work as well as ids
+    by_name = {**MNI_JSON, "label_sets": {"not_wm": {"id": 4, "members": ["csf", "gm"]}}}
+    assert label_space_from_json(by_name) == MNI_SPACE
+    for space in (MNI_SPACE, LabelSpace.leaves(3)):
+        assert label_space_from_json(label_space_to_json(space)) == space
+
+
+def test_regions_are_numbered_after_every_other_id():
+    labels = {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3, "whole_tumor": [1, 2, 3], "ignore": 4}
+    # without label sets: exactly LabelSpace.from_nnunet
+    assert label_space_from_json({"labels": labels}) == LabelSpace.from_nnunet(labels)
+    space = label_space_from_json({"labels": labels, "label_sets": {"core": {"id": 5, "members": [2, 3]}}})
+    assert space.id_of("core") == 5 and space.leaves_of(5) == (2, 3)
+    assert space.id_of("whole_tumor") == 6 and space.leaves_of(6) == (1, 2, 3)
+    assert space.ignore_id == 4
+    assert label_space_from_json(label_space_to_json(space)) == space
+
+
+def test_reading_the_mni_dataset(mni_dataset):
+    root, written = mni_dataset
+    dataset = read_dataset(root)
+    assert dataset.space == MNI_SPACE
+    assert dataset.name == "MNI152 tissues" and dataset.channel_names == ("T1",) and dataset.file_ending == ".nii.gz"
+    assert [c.id for c in dataset.training] == [f"mni_{i:03d}" for i in range(5)]
+    for case in dataset.training:
+        if case.id in WM_ONLY:
+            assert (case.annotated, case.has_ignore, case.is_full) == ((0, 3), False, False)
+            assert 4 in case.label_values
+        elif case.id == WITH_IGNORE:
+            assert (case.annotated, case.has_ignore, case.is_full) == ((0, 1, 2, 3), True, False)
+        else:
+            assert (case.annotated, case.has_ignore, case.is_full) == ((0, 1, 2, 3), False, True)
+        assert case.shape == (25, 30, 24) and case.spacing == (8.0, 8.0, 8.0)
+        image, labels, affine, spacing = dataset.load(case)
+        assert image.shape == (25, 30, 24, 1) and image.dtype == np.float32
+        np.testing.assert_array_equal(labels, written[case.id])
+        np.testing.assert_allclose(affine, mni_tissue_case(int(case.id[-3:]), voxel_size=8).affine, atol=1e-5)
+    [test] = dataset.test
+    assert test.id == "mni_test_000" and test.label_path is not None and test.is_full
+    np.testing.assert_array_equal(dataset.load(test.id)[1], written[test.id])
+    # ordinary permissions, as the rest of the user's files
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o777 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_split_draws_validation_from_fully_annotated_cases(mni_dataset, tmp_path):
+    root, _ = mni_dataset
+    dataset = read_dataset(root)
+    train, val = dataset.split(num_val=2, seed=0)
+    assert sorted(c.id for c in val) == ["mni_000", "mni_001"]  # the only fully annotated ones
+    assert sorted(c.id for c in train) == ["mni_002", "mni_003", "mni_004"]
+    train, val = dataset.split(seed=3)  # default: a fifth of the full cases, at least one
+    assert len(val) == 1 and val[0].is_full and len(train) == 4
+    assert dataset.split(seed=3) == (train, val)
+    with pytest.raises(DatasetError, match="only 2 case"):
+        dataset.split(num_val=3)
+    # a splits file overrides, as in nnU-Net
+    copy = tmp_path / "Dataset001_MNI"
+    shutil.copytree(root, copy)
+    folds = [{"train": ["mni_000", "mni_001"], "val": ["mni_002"]}, {"train": ["mni_002"], "val": ["mni_004"]}]
+    (copy / "splits_final.json").write_text(json.dumps(folds))
+    dataset = read_dataset(copy)
+    train, val = dataset.split()
+    assert [c.id for c in train] == ["mni_000", "mni_001"] and [c.id for c in val] == ["mni_002"]
+    assert [c.id for c in dataset.split(fold=1)[1]] == ["mni_004"]
+    with pytest.raises(DatasetError, match="fold 2 requested"):
+        dataset.split(fold=2)
+
+
+def test_multichannel_cases_are_stacked_channels_last(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.random((6, 7, 8, 2), dtype=np.float32)
+    labels = rng.integers(0, 3, (6, 7, 8))
+    case = SimpleNamespace(id="c0", image=image, labels=labels, affine=np.diag([1.0, 2.0, 3.0, 1.0]))
+    write_dataset(tmp_path / "D", [case], space=LabelSpace.leaves(3), channel_names=["T1", "FLAIR"])
+    dataset = read_dataset(tmp_path / "D")
+    assert dataset.channel_names == ("T1", "FLAIR")
+    out, out_labels, _, spacing = dataset.load("c0")
+    np.testing.assert_allclose(out, image)
+    np.testing.assert_array_equal(out_labels, labels)
+    assert spacing == (1.0, 2.0, 3.0)
+
+
+def test_write_dataset_refuses_an_existing_folder_and_bad_labels(tmp_path):
+    case = SimpleNamespace(id="c0", image=np.zeros((4, 4, 4)), labels=np.full((4, 4, 4), 7), affine=np.eye(4))
+    with pytest.raises(DatasetError, match=r"\[7\]"):
+        write_dataset(tmp_path / "D", [case], space=LabelSpace.leaves(3))
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    (tmp_path / "D").mkdir()
+    with pytest.raises(DatasetError, match="already exists"):
+        write_dataset(tmp_path / "D", [case], space=LabelSpace.leaves(3))
+
+
+# ------------------------------------------------------------------------------ bad input
+SMALL_JSON = {
+    "channel_names": {"0": "T2", "1": "ADC"},
+    "labels": {"background": 0, "a": 1, "b": 2, "c": 3, "ignore": 5},
+    "label_sets": {"b_or_c": {"id": 4, "members": [2, 3]}},
+    "numTraining": 2,
+    "file_ending": ".nii.gz",
+}
+
+
+@pytest.fixture
+def small(tmp_path):
+    """A valid two-channel dataset of two 6³ cases; tests break it one way each."""
+    rng = np.random.default_rng(1)
+    space = label_space_from_json(SMALL_JSON)
+    cases = []
+    for i in range(2):
+        labels = rng.integers(0, 4, (6, 6, 6))
+        labels[0] = 4 if i else 5
+        cases.append(SimpleNamespace(id=f"case_{i}", image=rng.random((6, 6, 6, 2)), labels=labels, affine=np.eye(4)))
+    root = tmp_path / "Dataset002_Small"
+    write_dataset(root, cases, space=space, channel_names=["T2", "ADC"])
+    read_dataset(root)  # valid as written
+    return root
+
+
+def _edit_json(root: Path, **changes) -> None:
+    spec = json.loads((root / "dataset.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            spec.pop(key)
+        else:
+            spec[key] = value
+    (root / "dataset.json").write_text(json.dumps(spec))
+
+
+def _fails(root: Path, *fragments: str) -> str:
+    with pytest.raises(DatasetError) as info:
+        read_dataset(root)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+def test_dataset_json_not_json(small):
+    (small / "dataset.json").write_text('{"labels": {"background": 0,}')
+    _fails(small, "dataset.json", "not valid JSON", "line 1")
+
+
+@pytest.mark.parametrize("key", ["labels", "channel_names"])
+def test_dataset_json_lacks_a_key(small, key):
+    _edit_json(small, **{key: None})
+    _fails(small, "dataset.json", f"'{key}'")
+
+
+def test_set_member_not_a_leaf(small):
+    _edit_json(small, label_sets={"b_or_c": {"id": 4, "members": [2, 9]}})
+    _fails(small, "dataset.json", "label_sets['b_or_c'].members", "9 is not a leaf")
+
+
+def test_set_id_collides_with_a_leaf(small):
+    _edit_json(small, label_sets={"b_or_c": {"id": 2, "members": [2, 3]}})
+    _fails(small, "dataset.json", "label_sets['b_or_c'].id 2 collides with the leaf 'b'")
+
+
+def test_set_id_collides_with_the_ignore_label(small):
+    _edit_json(small, label_sets={"b_or_c": {"id": 5, "members": [2, 3]}})
+    _fails(small, "label_sets['b_or_c'].id 5", "'ignore'")
+
+
+def test_more_cases_declared_than_exist(small):
+    _edit_json(small, numTraining=3)
+    _fails(small, "numTraining is 3", "holds 2 case(s)")
+
+
+def test_a_case_missing_a_channel(small):
+    (small / "imagesTr" / "case_1_0001.nii.gz").unlink()
+    _fails(small, "case_1_0001.nii.gz: missing", "channels 0..1")
+
+
+def test_a_case_missing_its_label_file(small):
+    (small / "labelsTr" / "case_0.nii.gz").unlink()
+    _edit_json(small, numTraining=1)
+    _fails(small, "labelsTr/case_0.nii.gz: missing", "label file")
+
+
+def test_image_label_shape_mismatch(small):
+    save_nifti(small / "labelsTr" / "case_1.nii.gz", np.zeros((6, 6, 5), np.uint8), np.eye(4))
+    _fails(small, "case_1.nii.gz: shape (6, 6, 5) differs from (6, 6, 6)")
+
+
+def test_image_label_affine_mismatch(small):
+    save_nifti(small / "labelsTr" / "case_1.nii.gz", np.zeros((6, 6, 6), np.uint8), np.diag([1.0, 1.0, 1.2, 1.0]))
+    _fails(small, "labelsTr/case_1.nii.gz: affine differs", "case_1_0000.nii.gz")
+
+
+def test_channel_shape_mismatch(small):
+    save_nifti(small / "imagesTr" / "case_0_0001.nii.gz", np.zeros((6, 6, 7), np.float32), np.eye(4))
+    _fails(small, "case_0_0001.nii.gz: shape (6, 6, 7)")
+
+
+def test_label_value_neither_leaf_set_nor_ignore(small):
+    labels = np.zeros((6, 6, 6), np.uint8)
+    labels[0, 0, 0] = 6
+    save_nifti(small / "labelsTr" / "case_0.nii.gz", labels, np.eye(4))
+    _fails(small, "labelsTr/case_0.nii.gz: label value(s) [6]", "label sets [4]", "ignore 5")
+
+
+def test_images_are_checked_from_their_headers_labels_from_their_values(small):
+    # a truncated image passes the header checks (its voxels are read only by load), then fails
+    # with a one-line error naming it; a truncated label file fails read_dataset at once
+    path = small / "imagesTr" / "case_0_0000.nii.gz"
+    path.write_bytes(path.read_bytes()[:-50])
+    dataset = read_dataset(small)
+    with pytest.raises(DatasetError, match="case_0_0000.nii.gz: cannot read the voxel data"):
+        dataset.load("case_0")
+    labels = small / "labelsTr" / "case_1.nii.gz"
+    labels.write_bytes(labels.read_bytes()[:-12])
+    _fails(small, "case_1.nii.gz: cannot read the voxel data")
+
+
+def test_unsupported_file_ending_and_bad_splits(small):
+    _edit_json(small, file_ending=".png")
+    _fails(small, "file_ending '.png' is not supported")
+    _edit_json(small, file_ending=".nii.gz")
+    (small / "splits.json").write_text(json.dumps([{"train": ["case_0"], "val": ["case_9"]}]))
+    _fails(small, "splits.json: fold 0 'val' names unknown case(s) ['case_9']")
+
+
+def test_wrong_file_ending_hints_at_the_files_found(small):
+    _edit_json(small, file_ending=".nii")
+    _fails(small, "numTraining is 2 but", "holds 0 case(s) ending .nii", "'.nii.gz'")
+
+
+def test_a_single_member_set_and_a_duplicate_set(small):
+    _edit_json(small, label_sets={"b_only": {"id": 4, "members": [2]}})
+    _fails(small, "label_sets['b_only'].members [2] name a single leaf")
+    _edit_json(small, label_sets={"x": {"id": 4, "members": [2, 3]}, "y": {"id": 6, "members": [3, 2]}})
+    _fails(small, "dataset.json", "same members")
