@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +16,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from labelset_jax.data import mni_tissue_case, save_nifti
+from experiments.convert_dataset import convert_feta
+from labelset_jax.data import FETA_TO_FETAL_BRAIN, make_phantom, mni_tissue_case, save_nifti
 from labelset_jax.data.nnunet import (
     DatasetError,
     label_space_from_json,
@@ -22,7 +25,7 @@ from labelset_jax.data.nnunet import (
     read_dataset,
     write_dataset,
 )
-from labelset_jax.labelsets import LabelSpace
+from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS, LabelSpace
 
 # The MNI tissue task as a dataset with label sets: leaves of labelset_jax.data.MNI_TISSUE, the set
 # {csf, gm} written by the cases that annotate only white matter, and the ignore label.
@@ -170,6 +173,10 @@ def test_write_dataset_refuses_an_existing_folder_and_bad_labels(tmp_path):
     with pytest.raises(DatasetError, match=r"\[7\]"):
         write_dataset(tmp_path / "D", [case], space=LabelSpace.leaves(3))
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+    with pytest.raises(DatasetError, match="duplicate case id 'c0'"):
+        good = SimpleNamespace(**{**vars(case), "labels": np.zeros((4, 4, 4), int)})
+        write_dataset(tmp_path / "D", [good, good], space=LabelSpace.leaves(3))
+    assert list(tmp_path.iterdir()) == []
     (tmp_path / "D").mkdir()
     with pytest.raises(DatasetError, match="already exists"):
         write_dataset(tmp_path / "D", [case], space=LabelSpace.leaves(3))
@@ -295,7 +302,7 @@ def test_images_are_checked_from_their_headers_labels_from_their_values(small):
         dataset.load("case_0")
     labels = small / "labelsTr" / "case_1.nii.gz"
     labels.write_bytes(labels.read_bytes()[:-12])
-    _fails(small, "case_1.nii.gz: cannot read the voxel data")
+    _fails(small, "labelsTr/case_1.nii.gz: ")
 
 
 def test_unsupported_file_ending_and_bad_splits(small):
@@ -316,3 +323,60 @@ def test_a_single_member_set_and_a_duplicate_set(small):
     _fails(small, "label_sets['b_only'].members [2] name a single leaf")
     _edit_json(small, label_sets={"x": {"id": 4, "members": [2, 3]}, "y": {"id": 6, "members": [3, 2]}})
     _fails(small, "dataset.json", "same members")
+
+
+# ------------------------------------------------------------------------------ conversion
+def _run(*args):
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "experiments.convert_dataset", *args], cwd=root,
+                          capture_output=True, text=True)
+
+
+def test_convert_phantoms_from_the_command_line(tmp_path):
+    out = _run("--source=phantoms", f"--output={tmp_path / 'Dataset001_Phantoms'}", "--shape=32,32,32",
+               "--protocols=full:1,wm_vent_cereb:1,plus_ecsf_cc:1", "--num_test=1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    dataset = read_dataset(tmp_path / "Dataset001_Phantoms")
+    assert dataset.space.names == FETAL_BRAIN.names
+    assert dataset.space.to_superset_map() == FETAL_BRAIN.to_superset_map()
+    assert dataset.space.name_of(9) == "unannotated_wm_vent_cereb"
+    assert [(c.id, c.annotated, c.is_full) for c in dataset.training] == [
+        ("phantom_0000", tuple(range(9)), True),
+        ("phantom_0001", (0, 1, 2, 3), False),
+        ("phantom_0002", (0, 1, 2, 3, 4, 8), False),
+    ]
+    [test] = dataset.test
+    assert test.is_full and test.label_values == tuple(range(9))
+    image, labels, _, _ = dataset.load(dataset.training[1])
+    expected_image, full = make_phantom(1, shape=(32, 32, 32))
+    np.testing.assert_allclose(image[..., 0], expected_image)
+    np.testing.assert_array_equal(labels, FETAL_BRAIN_PROTOCOLS["wm_vent_cereb"].apply(full))
+
+
+def test_convert_rejects_bad_input_with_exit_code_2_and_writes_nothing(tmp_path):
+    for args, message in [
+        (["--protocols=full:1,everything:2"], "unknown protocol 'everything'"),
+        (["--shape=16,16,16"], "--shape=16,16,16 must be three sizes >= 32"),
+        (["--source=feta", f"--input={tmp_path / 'nowhere'}"], "nowhere: not a folder"),
+    ]:
+        source = [] if any(a.startswith("--source") for a in args) else ["--source=phantoms"]
+        out = _run(*source, *args, f"--output={tmp_path / 'Dataset009_X'}")
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr[-2000:])
+        assert len(out.stderr.strip().splitlines()) == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_convert_feta_maps_its_labels_onto_the_fetal_brain_leaves(tmp_path):
+    rng = np.random.default_rng(0)
+    feta_labels = {}
+    for subject in ("sub-001", "sub-002"):
+        anat = tmp_path / "feta" / subject / "anat"
+        labels = rng.integers(0, 8, (8, 8, 8))
+        feta_labels[subject] = labels
+        save_nifti(anat / f"{subject}_rec-mial_T2w.nii.gz", rng.random((8, 8, 8), dtype=np.float32), np.eye(4))
+        save_nifti(anat / f"{subject}_rec-mial_dseg.nii.gz", labels.astype(np.uint8), np.eye(4))
+    convert_feta(tmp_path / "Dataset002_FeTA", root=str(tmp_path / "feta"), reconstruction="", overwrite=False)
+    dataset = read_dataset(tmp_path / "Dataset002_FeTA")
+    assert [c.id for c in dataset.training] == ["sub-001_rec-mial", "sub-002_rec-mial"]
+    lut = np.array([FETA_TO_FETAL_BRAIN[v] for v in range(8)])
+    np.testing.assert_array_equal(dataset.load("sub-002_rec-mial")[1], lut[feta_labels["sub-002"]])

@@ -597,7 +597,8 @@ def write_dataset(
     Args:
       root: the ``DatasetXXX_Name`` folder to create.
       training: cases with attributes ``id``, ``image`` (``[D, H, W]`` or ``[D, H, W, channels]``),
-        ``labels`` (label ids of ``space``) and ``affine``.
+        ``labels`` (label ids of ``space``) and ``affine``; any iterable, consumed one case at a
+        time (a generator that loads each case keeps one in memory).
       space: the label space, written to ``dataset.json`` with :func:`label_space_to_json`.
       channel_names: one name per input channel.
       test: cases for ``imagesTs`` (their ``labels``, when not ``None``, go to ``labelsTs``).
@@ -617,20 +618,21 @@ def write_dataset(
     root = Path(root)
     if root.exists() and not overwrite:
         raise DatasetError(f"{root}: already exists (pass overwrite to replace it)")
-    training, test = list(training), list(test)
-    ids = [c.id for c in training + test]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise DatasetError(f"duplicate case id(s) {duplicates}")
     num_channels = len(channel_names)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is an ordinary folder
+    seen: set[str] = set()
+    num_training = 0
     try:
         for folder, cases in (("Tr", training), ("Ts", test)):
-            for case in cases:
+            for case in cases:  # one at a time: a generator may load each case when asked
+                if case.id in seen:
+                    raise DatasetError(f"duplicate case id {case.id!r}")
+                seen.add(case.id)
+                num_training += folder == "Tr"
                 channels = _channels(case.image, num_channels, case.id)
                 for k, image in enumerate(channels):
                     save_nifti(tmp / f"images{folder}" / f"{case.id}_{k:04d}.nii.gz", image, case.affine)
@@ -651,7 +653,7 @@ def write_dataset(
             "name": name or root.name,
             "channel_names": {str(k): str(n) for k, n in enumerate(channel_names)},
             **label_space_to_json(space),
-            "numTraining": len(training),
+            "numTraining": num_training,
             "file_ending": ".nii.gz",
         }
         spec.update(extra or {})
