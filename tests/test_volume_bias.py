@@ -1,0 +1,253 @@
+"""The volume-bias analysis: the closed-form toy, the Dice-optimal oracle, stratified blob draws, the
+logistic-regression arms fitted to convergence, the volume errors and the equivalence test."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from labelset_jax import losses
+from labelset_jax import volume_bias as vb
+from labelset_jax.data import synthetic
+from labelset_jax.metrics import volume_error
+
+BLOB = dict(shape=(24, 24, 24), object_radius=5.0, blob_radius=3.5)
+
+
+def _fit(cases, arm, **kwargs):
+    x = np.stack([vb.intensity_features(c.image).reshape(-1, 3) for c in cases])
+    targets = np.stack([(c.q if vb.ARMS[arm].soft_targets else c.labels).reshape(-1) for c in cases])
+    return vb.fit_logistic_regression(x, targets, arm=arm, **kwargs)
+
+
+def _predict(fit, case):
+    return vb.predict_logistic(fit, vb.intensity_features(case.image))
+
+
+# --------------------------------------------------------------------------- theory
+
+
+def test_toy_volume_error_is_the_closed_form():
+    p = np.array([0.0, 0.1, 0.45, 0.5, 0.55, 0.9, 1.0])
+    np.testing.assert_allclose(vb.toy_volume_error(p, 3.0), [0.0, -0.3, -1.35, -1.5, 1.35, 0.3, 0.0])
+    assert vb.toy_volume_error(0.7, 10.0) == pytest.approx(3.0)
+
+
+def _brute_force_oracle(q):
+    """Every threshold of q, expected Dice as the ratio of expectations."""
+    best = (-1.0, None)
+    for t in sorted(set(q.tolist()) | {np.inf}, reverse=True):
+        keep = q >= t
+        denominator = keep.sum() + q.sum()
+        dice = 2 * q[keep].sum() / denominator if denominator else 1.0
+        if dice > best[0] + 1e-12:
+            best = (dice, t)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_oracle_is_the_best_threshold(seed):
+    rng = np.random.default_rng(seed)
+    q = np.round(rng.beta(0.5, 0.8, 60), 2)  # ties included
+    oracle = vb.dice_optimal_oracle(q, voxel_ml=0.5)
+    dice, threshold = _brute_force_oracle(q)
+    assert oracle.dice == pytest.approx(dice) and oracle.threshold == threshold
+    assert oracle.volume_ml == pytest.approx(0.5 * (q >= threshold).sum())
+    assert oracle.dv_ml == pytest.approx(oracle.volume_ml - 0.5 * q.sum())
+    np.testing.assert_array_equal(oracle.prediction(q), q >= threshold)
+
+
+def test_oracle_keeps_voxels_above_half_the_optimal_dice_and_over_segments():
+    case = synthetic.boundary_noise_case(0, shape=(32, 32, 32), radius=5.0, tau=2.0)
+    oracle = vb.dice_optimal_oracle(case.q, voxel_ml=case.voxel_ml)
+    assert oracle.threshold == pytest.approx(oracle.dice / 2, abs=0.01)  # t = D*/2 (docs/theory.md §5)
+    assert oracle.threshold < 0.5 and oracle.dv_ml > 0.1 * oracle.expected_ml
+    # the ratio of expectations agrees with the mean Dice over sampled label maps
+    samples = np.random.default_rng(0).random((32, *case.q.shape)) < case.q
+    sampled = vb.dice_optimal_oracle(case.q, voxel_ml=case.voxel_ml, labels=samples)
+    assert sampled.threshold == pytest.approx(oracle.threshold, abs=0.02)
+    assert sampled.dv_ml == pytest.approx(oracle.dv_ml, rel=0.1)
+    # a sharper boundary relative to the radius gives a smaller relative bias
+    sharp = synthetic.boundary_noise_case(0, shape=(32, 32, 32), radius=8.0, tau=1.0)
+    assert vb.dice_optimal_oracle(sharp.q).dv_ml / vb.dice_optimal_oracle(sharp.q).expected_ml < 0.06
+
+
+@pytest.mark.parametrize("p", [0.3, 0.45, 0.55, 0.7])
+def test_oracle_with_one_draw_per_blob_keeps_it_iff_p_above_half(p):
+    case = synthetic.ambiguous_blob_case(0, p=p, **BLOB)
+    blob = (case.q > 0) & (case.q < 1)
+    inside, outside = case.labels.copy(), case.labels.copy()
+    inside[blob], outside[blob] = 1, 0
+    oracle = vb.dice_optimal_oracle(case.q, voxel_ml=case.voxel_ml, labels=np.stack([inside, outside]),
+                                    weights=[p, 1 - p])
+    assert oracle.dv_ml == pytest.approx(vb.toy_volume_error(p, blob.sum() * case.voxel_ml))
+
+
+def test_oracle_of_a_noise_free_case_is_exact_and_bad_inputs_fail():
+    case = synthetic.noise_free_case(0, shape=(16, 16, 16), radius=4.0)
+    oracle = vb.dice_optimal_oracle(case.q, voxel_ml=case.voxel_ml)
+    assert oracle.dice == pytest.approx(1.0) and oracle.dv_ml == pytest.approx(0.0)
+    assert vb.dice_optimal_oracle(np.zeros(5)).threshold == np.inf
+    with pytest.raises(ValueError, match="probabilities"):
+        vb.dice_optimal_oracle(np.array([0.5, 1.5]))
+    with pytest.raises(ValueError, match="realisations"):
+        vb.dice_optimal_oracle(np.array([0.5, 0.5]), labels=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="weights"):
+        vb.dice_optimal_oracle(np.array([0.5, 0.5]), labels=np.zeros((2, 2)), weights=[1.0])
+
+
+# --------------------------------------------------------------------------- stratified draws
+
+
+@pytest.mark.parametrize("n, p", itertools.product([1, 7, 16, 20], [0.0, 0.1, 0.3, 0.45, 0.55, 0.7, 0.9, 1.0]))
+def test_stratified_inclusion_has_exactly_round_p_n_cases(n, p):
+    include = vb.stratified_inclusion(n, p, seed=3)
+    assert include.dtype == bool and include.shape == (n,)
+    assert include.sum() == int(np.floor(p * n + 0.5))
+    np.testing.assert_array_equal(include, vb.stratified_inclusion(n, p, seed=3))
+
+
+def test_stratified_inclusion_seed_picks_the_cases_and_bad_p_fails():
+    picks = {tuple(np.nonzero(vb.stratified_inclusion(20, 0.5, seed=s))[0]) for s in range(10)}
+    assert len(picks) > 5
+    with pytest.raises(ValueError, match="p must be"):
+        vb.stratified_inclusion(10, 1.2, seed=0)
+
+
+def test_stratified_blob_cases_change_only_the_blob_labels():
+    cases = vb.stratified_blob_cases(range(10), p=0.3, **BLOB)
+    assert len(cases) == 10
+    with_blob = 0
+    for seed, case in zip(range(10), cases):
+        plain = synthetic.ambiguous_blob_case(seed, p=0.3, **BLOB)
+        np.testing.assert_array_equal(case.image, plain.image)
+        np.testing.assert_array_equal(case.q, plain.q)
+        blob = (case.q > 0) & (case.q < 1)
+        np.testing.assert_array_equal(case.labels[~blob], plain.labels[~blob])
+        assert len(np.unique(case.labels[blob])) == 1  # one label for the whole blob
+        with_blob += int(case.labels[blob].all())
+    assert with_blob == 3
+
+
+# --------------------------------------------------------------------------- losses of the arms
+
+
+def test_every_arm_names_a_library_loss():
+    for name, arm in vb.ARMS.items():
+        if arm.loss == "dice_semimetric" and not hasattr(losses, "dice_semimetric"):
+            continue  # added by the losses package
+        assert callable(vb.arm_loss(name))
+    with pytest.raises(ValueError, match="unknown arm"):
+        vb.arm_loss("bogus")
+
+
+# --------------------------------------------------------------------------- logistic regression
+
+
+@pytest.fixture(scope="module")
+def blob_sets():
+    return {p: (vb.stratified_blob_cases(range(10), p=p, **BLOB),
+                vb.stratified_blob_cases(range(100, 104), p=p, permutation_seed=1, **BLOB)) for p in (0.3, 0.7)}
+
+
+@pytest.mark.parametrize("p", [0.3, 0.7])
+def test_cross_entropy_predicts_the_blob_share_and_an_unbiased_volume(blob_sets, p):
+    train, test = blob_sets[p]
+    fit = _fit(train, "ce")
+    assert fit.converged and fit.grad_norm <= 1e-5
+    # the score equation of the intercept: the fitted soft volume equals the labelled volume
+    train_soft = sum(_predict(fit, c).sum() for c in train)
+    assert train_soft == pytest.approx(sum(c.labels.sum() for c in train), rel=1e-3)
+    for case in test:
+        probs = _predict(fit, case)
+        blob = (case.q > 0) & (case.q < 1)
+        assert probs[blob].mean() == pytest.approx(p, abs=0.03)
+        row = vb.volume_row(probs, labels=case.labels, q=case.q, spacing=case.spacing)
+        assert abs(row["dv_soft_expected_ml"]) < 0.03 * row["expected_ml"]
+
+
+@pytest.mark.parametrize("p", [0.3, 0.7])
+@pytest.mark.parametrize("arm", ["dice", "dice_batch"])
+def test_soft_dice_fills_or_drops_the_blob_as_the_toy_says(blob_sets, p, arm):
+    train, test = blob_sets[p]
+    fit = _fit(train, arm)
+    assert fit.converged
+    for case in test:
+        blob = (case.q > 0) & (case.q < 1)
+        row = vb.volume_row(_predict(fit, case), labels=case.labels, q=case.q, spacing=case.spacing)
+        toy = vb.toy_volume_error(p, blob.sum() * case.voxel_ml)
+        assert row["dv_soft_expected_ml"] == pytest.approx(toy, rel=0.1)
+
+
+@pytest.fixture(scope="module")
+def boundary_sets():
+    def make(seed):
+        return synthetic.boundary_noise_case(seed, shape=(24, 24, 24), radius=5.0, tau=2.0, jitter=1.0)
+
+    return [make(s) for s in range(8)], [make(100 + s) for s in range(6)]
+
+
+def test_boundary_noise_ce_is_equivalent_to_unbiased_soft_dice_matches_the_oracle(boundary_sets):
+    train, test = boundary_sets
+    ce, dice = _fit(train, "ce"), _fit(train, "dice")
+    assert ce.converged and dice.converged
+    ce_dv = [vb.volume_row(_predict(ce, c), labels=c.labels, q=c.q, spacing=c.spacing)["dv_soft_expected_ml"]
+             for c in test]
+    dice_dv = [vb.volume_row(_predict(dice, c), labels=c.labels, q=c.q, spacing=c.spacing)["dv_soft_expected_ml"]
+               for c in test]
+    expected = np.mean([c.expected_volume_ml() for c in test])
+    oracle = np.mean([vb.dice_optimal_oracle(c.q, voxel_ml=c.voxel_ml).dv_ml for c in test])
+    assert vb.tost_equivalence(ce_dv, margin=0.05 * expected).equivalent
+    assert np.min(dice_dv) > 0 and np.mean(dice_dv) == pytest.approx(oracle, rel=0.25)
+
+
+def test_dice_semimetric_on_soft_targets_recovers_q(boundary_sets):
+    if not hasattr(losses, "dice_semimetric"):
+        pytest.skip("labelset_jax.losses.dice_semimetric is not there yet")
+    train, test = boundary_sets
+    fit = _fit(train, "dice_semimetric")
+    assert fit.converged
+    for case in test:
+        row = vb.volume_row(_predict(fit, case), labels=case.labels, q=case.q, spacing=case.spacing)
+        assert abs(row["dv_soft_expected_ml"]) < 0.05 * row["expected_ml"]
+
+
+def test_fit_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"\[B, N, F\]"):
+        vb.fit_logistic_regression(np.zeros((2, 5, 3)), np.zeros((2, 4)), arm="ce")
+
+
+# --------------------------------------------------------------------------- rows and statistics
+
+
+def test_volume_row_uses_the_metrics_volumes():
+    case = synthetic.boundary_noise_case(1, shape=(16, 16, 16), radius=4.0, tau=1.0, spacing=(1.0, 2.0, 0.5))
+    probs = np.clip(case.q + 0.05, 0, 1)
+    row = vb.volume_row(probs, labels=case.labels, q=case.q, spacing=case.spacing)
+    assert row["expected_ml"] == pytest.approx(case.expected_volume_ml())
+    assert row["realised_ml"] == pytest.approx(case.volume_ml())
+    to_labels = volume_error(probs, case.labels, spacing=case.spacing)
+    assert row["dv_soft_realised_ml"] == pytest.approx(to_labels.soft)
+    assert row["dv_hard_realised_ml"] == pytest.approx(to_labels.hard)
+    assert row["dv_soft_expected_ml"] == pytest.approx(probs.sum() * case.voxel_ml - case.expected_volume_ml())
+    assert row["soft_ml"] - row["expected_ml"] == pytest.approx(row["dv_soft_expected_ml"])
+    assert 0 < row["dice"] <= 1
+
+
+def test_tost_matches_the_two_t_tests_and_the_confidence_interval():
+    rng = np.random.default_rng(0)
+    for shift in (0.0, 0.05, 0.09, 0.2):
+        x = rng.normal(shift, 0.1, 30)
+        result = vb.tost_equivalence(x, margin=0.1)
+        t_low = (x.mean() + 0.1) / (x.std(ddof=1) / np.sqrt(30))
+        t_high = (x.mean() - 0.1) / (x.std(ddof=1) / np.sqrt(30))
+        assert result.pvalue == pytest.approx(max(stats.t.sf(t_low, 29), stats.t.cdf(t_high, 29)))
+        assert result.equivalent == (result.pvalue < 0.05) == (-0.1 < result.low and result.high < 0.1)
+    assert vb.tost_equivalence([0.0, 0.01, -0.01] * 10, margin=0.1).equivalent
+    assert not vb.tost_equivalence(rng.normal(0.3, 0.1, 30), margin=0.1).equivalent
+    assert np.isnan(vb.tost_equivalence([1.0], margin=0.1).pvalue)
+    with pytest.raises(ValueError, match="margin"):
+        vb.tost_equivalence([1.0, 2.0], margin=0.0)
