@@ -6,7 +6,8 @@ r"""Evaluate trained workdir(s) on a dataset split: per-case and summary tables.
 
 Several comma-separated workdirs form an ensemble (probabilities averaged). Without
 ``--manifest`` the validation cases of the (first) workdir's config are used. Partially annotated
-cases (manifest ``protocol``) are scored only on the leaves their protocol annotates.
+cases (manifest ``protocol``) are scored only on the leaves their protocol annotates. The sliding
+windows follow the first workdir's ``config.eval``; ``--tta``/``--notta`` override its ``tta``.
 
 Writes ``per_case.csv``, ``summary.csv`` (mean, 95% bootstrap CI, n per metric) and
 ``summary.md`` into ``--output`` (default ``<first workdir>/eval``), each atomically.
@@ -18,13 +19,14 @@ from pathlib import Path
 
 from absl import app, flags
 
-from labelset_jax import cli
-from labelset_jax.evaluation import evaluate
+from labelset_jax import cli, files, input_pipeline, train
+from labelset_jax.data import load_cases, read_manifest
+from labelset_jax.evaluation import EvalSettings, evaluate_cases, summarize
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir, or comma-separated workdirs (an ensemble).")
 _MANIFEST = flags.DEFINE_string("manifest", None, "CSV manifest of the cases to evaluate (default: validation cases).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (default <first workdir>/eval).")
-_TTA = flags.DEFINE_bool("tta", False, "Left-right flip test-time augmentation.")
+_TTA = flags.DEFINE_bool("tta", None, "Left-right flip test-time augmentation (default: the config's eval.tta).")
 _BEST = flags.DEFINE_bool("best", True, "Use the best checkpoint (else the latest).")
 flags.mark_flags_as_required(["workdir"])
 
@@ -36,16 +38,26 @@ def main(argv):
         if not (Path(w) / "config.json").exists():
             cli.fail(f"{w} is not a training workdir (no config.json)")
     try:
-        rows, summary = evaluate(workdirs, manifest=_MANIFEST.value, tta=_TTA.value, best=_BEST.value)
+        models = [train.load_trained(w, best=_BEST.value) for w in workdirs]
+        config = models[0].config
+        if _MANIFEST.value:
+            cases = load_cases(read_manifest(_MANIFEST.value))
+        else:
+            cases = input_pipeline.create_datasets(config.data, seed=config.seed).val
+        settings = EvalSettings.from_config(config)
+        if _TTA.value is not None:
+            settings = settings._replace(tta=_TTA.value)
+        progress = cli.Progress(len(cases))
+        rows = evaluate_cases(models, cases, settings, on_case=lambda case, *_: progress.update(case.id))
     except (ValueError, FileNotFoundError) as e:
         cli.fail(str(e))
+    summary = summarize(rows)
     output = Path(_OUTPUT.value or Path(workdirs[0]) / "eval")
-    output.mkdir(parents=True, exist_ok=True)
-    cli.write_atomic(output / "per_case.csv", cli.to_csv(rows))
-    cli.write_atomic(output / "summary.csv", cli.to_csv(summary))
+    files.write_csv(output / "per_case.csv", rows)
+    files.write_csv(output / "summary.csv", summary)
     md = ["| metric | mean | 95% CI | n |", "|---|---|---|---|"]
     md += [f"| {s['metric']} | {s['mean']:.3f} | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {s['n']} |" for s in summary]
-    cli.write_atomic(output / "summary.md", "\n".join(md) + "\n")
+    files.write_text(output / "summary.md", "\n".join(md) + "\n")
     print(f"wrote {output / 'per_case.csv'}, {output / 'summary.csv'}, {output / 'summary.md'}")
 
 

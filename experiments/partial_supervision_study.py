@@ -1,4 +1,4 @@
-r"""The label-set comparison of Fidon et al. 2021 (SPEC §4) on embedded phantoms: every method, one table.
+r"""The label-set comparison of Fidon et al. 2021 (docs/theory.md §4) on embedded phantoms: every method, one table.
 
     python -m experiments.partial_supervision_study --runs=runs/partial_supervision --results=docs/results/partial_supervision
 
@@ -22,8 +22,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import partial_supervision
-from labelset_jax import cli, train
-from labelset_jax.evaluation import evaluate
+from labelset_jax import cli, files, input_pipeline, train
+from labelset_jax.evaluation import EvalSettings, evaluate_cases
 from labelset_jax.labelsets import FETAL_BRAIN
 from labelset_jax.metrics import bootstrap_ci, paired_wilcoxon
 
@@ -47,7 +47,9 @@ def run_method(method: str, workdir: Path) -> list[dict]:
     if _NUM_VAL.value is not None:
         config.data.num_val = _NUM_VAL.value
     train.train_and_evaluate(config, workdir)
-    rows, _ = evaluate([str(workdir)], manifest=None, tta=False, best=False)
+    model = train.load_trained(workdir, best=False)
+    cases = input_pipeline.create_datasets(model.config.data, seed=model.config.seed).val
+    rows = evaluate_cases(model, cases, EvalSettings.from_config(model.config))
     return [{"method": method, **row} for row in rows]
 
 
@@ -88,7 +90,7 @@ def plot(rows: list[dict], methods: list[str], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(ncol=4, fontsize=8)
     fig.tight_layout()
-    cli.save_figure(fig, path)
+    files.save_figure(fig, path)
 
 
 def main(argv):
@@ -104,10 +106,9 @@ def main(argv):
         logging.info("method %s", method)
         rows += run_method(method, Path(_RUNS.value) / method)
     out = Path(_RESULTS.value)
-    out.mkdir(parents=True, exist_ok=True)
-    cli.write_atomic(out / "per_case.csv", cli.to_csv(rows))
+    files.write_csv(out / "per_case.csv", rows)
     md = table(rows, methods, _REFERENCE.value)
-    cli.write_atomic(out / "partial_supervision.md", md)
+    files.write_text(out / "partial_supervision.md", md)
     plot(rows, methods, out / "partial_supervision.png")
     print(md)
 

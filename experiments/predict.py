@@ -6,7 +6,8 @@ r"""Segment NIfTI volumes with a trained workdir.
 Writes ``<name>_seg.nii.gz`` (int16 leaf labels) and, with ``--probabilities``,
 ``<name>_probs.nii.gz`` (float32, 4D, one volume per leaf), with the input's affine and header.
 Bad input (missing file, not a NIfTI volume, NaN intensities, no workdir) exits with status 2 and
-a one-line error, before anything is written.
+a one-line error, before anything is written. The sliding windows follow the workdir's
+``config.eval``; ``--tta``/``--notta`` override its ``tta``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ import nibabel as nib
 import numpy as np
 from absl import app, flags
 
-from labelset_jax import cli, input_pipeline, train
+from labelset_jax import cli, train
 from labelset_jax.data import load_nifti, save_nifti
-from labelset_jax.inference import predict_volume
+from labelset_jax.evaluation import EvalSettings, predict_case
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
 _INPUT = flags.DEFINE_string("input", None, "A NIfTI file or a folder of them.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder.")
 _PROBS = flags.DEFINE_bool("probabilities", False, "Also write the probability maps.")
-_TTA = flags.DEFINE_bool("tta", False, "Left-right flip test-time augmentation.")
+_TTA = flags.DEFINE_bool("tta", None, "Left-right flip test-time augmentation (default: the config's eval.tta).")
 flags.mark_flags_as_required(["workdir", "input", "output"])
 
 
@@ -49,23 +50,20 @@ def main(argv):
     try:
         files = input_files(Path(_INPUT.value))
         volumes = [(f, *load_nifti(f)) for f in files]  # every file is checked before any work
-        predict, config, space = train.load_trained(_WORKDIR.value)
+        model = train.load_trained(_WORKDIR.value)
     except (ValueError, FileNotFoundError) as e:
         cli.fail(str(e))
+    settings = EvalSettings.from_config(model.config)
+    if _TTA.value is not None:
+        settings = settings._replace(tta=_TTA.value)
     output = Path(_OUTPUT.value)
-    output.mkdir(parents=True, exist_ok=True)
-    ev = config.get("eval", {})
     progress = cli.Progress(len(volumes))
     for path, image, affine, _ in volumes:
         header = nib.load(path).header
-        probs, labels = predict_volume(
-            predict, input_pipeline.normalize_image(image)[None, ..., None],
-            roi_size=tuple(ev.get("roi_size", config.patch_size)), sw_batch_size=ev.get("sw_batch_size", 2),
-            overlap=ev.get("overlap", 0.5), tta=_TTA.value,
-        )
-        save_nifti(output / f"{stem(path)}_seg.nii.gz", np.asarray(labels[0], np.int16), affine, header=header)
+        prediction = predict_case(model, image, settings)
+        save_nifti(output / f"{stem(path)}_seg.nii.gz", prediction.labels.astype(np.int16), affine, header=header)
         if _PROBS.value:
-            save_nifti(output / f"{stem(path)}_probs.nii.gz", np.asarray(probs[0], np.float32), affine, header=header)
+            save_nifti(output / f"{stem(path)}_probs.nii.gz", prediction.probs, affine, header=header)
         progress.update(path.name)
 
 

@@ -1,4 +1,4 @@
-r"""The soft-Dice volume-bias study (Bertels et al.; SPEC §5, experiment 1) on synthetic data.
+r"""The soft-Dice volume-bias study (Bertels et al.; docs/theory.md §5, experiment 1) on synthetic data.
 
     python -m experiments.volume_bias_study --workdir=runs/volume_bias --output=docs/results
 
@@ -27,9 +27,10 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import volume_bias
-from labelset_jax import cli, input_pipeline, train
-from labelset_jax.inference import predict_volume
-from labelset_jax.metrics import bootstrap_ci, dice_score
+from labelset_jax import cli, files, input_pipeline, train
+from labelset_jax.data import expected_volume_ml
+from labelset_jax.evaluation import EvalSettings, evaluate_cases
+from labelset_jax.metrics import bootstrap_ci, volume_error, volumes_ml
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/volume_bias", "Folder of the training runs.")
 _OUTPUT = flags.DEFINE_string("output", "docs/results", "Folder for the table and the plot.")
@@ -48,20 +49,20 @@ def run_arm(arm: str, generator: str, options: dict, workdir: Path, steps: int, 
     config.data.num_val = num_val
     config.eval_every = steps
     train.train_and_evaluate(config, workdir)
-    predict, config, _ = train.load_trained(workdir, best=False)
+    model = train.load_trained(workdir, best=False)
     rows = []
-    for case in input_pipeline.create_datasets(config.data, seed=config.seed).val:
-        probs, labels = predict_volume(predict, case.image[None, ..., None], roi_size=tuple(config.eval.roi_size),
-                                       sw_batch_size=2, overlap=0.5)
-        fg = np.asarray(probs[0, ..., 1], np.float64)
-        voxel_ml = float(np.prod(case.spacing)) / 1000.0
-        expected = float(case.extras["q"].sum(dtype=np.float64)) * voxel_ml
+
+    def volume_row(case, prediction, scores):
+        expected = expected_volume_ml(case)
+        error = volume_error(prediction.probs[..., 1], expected, spacing=case.spacing)  # against E[V], not the draw
         rows.append({
             "arm": arm, "generator": generator, "p": options.get("p", ""), "case": case.id,
-            "expected_ml": expected, "realised_ml": float(np.count_nonzero(case.labels)) * voxel_ml,
-            "dv_soft_ml": fg.sum() * voxel_ml - expected, "dv_hard_ml": float(np.count_nonzero(fg > 0.5)) * voxel_ml - expected,
-            "dice": float(dice_score(np.asarray(labels[0]), case.labels, labels=[1])[0]),
+            "expected_ml": expected, "realised_ml": volumes_ml(case.labels == 1, spacing=case.spacing),
+            "dv_soft_ml": error.soft, "dv_hard_ml": error.hard, "dice": scores["dice_object"],
         })
+
+    cases = input_pipeline.create_datasets(model.config.data, seed=model.config.seed).val
+    evaluate_cases(model, cases, EvalSettings.from_config(model.config), on_case=volume_row, hd95=False)
     return rows
 
 
@@ -104,7 +105,7 @@ def plot(summary: list[dict], path: Path) -> None:
         ax.set_title(title)
         ax.legend()
     fig.tight_layout()
-    cli.save_figure(fig, path)
+    files.save_figure(fig, path)
 
 
 def main(argv):
@@ -127,8 +128,7 @@ def main(argv):
         rows += run_arm(arm, "boundary_noise", {}, root / f"boundary_{arm}", _STEPS.value, _NUM_VAL.value)
     summary = summarise(rows)
     out = Path(_OUTPUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    cli.write_atomic(out / "volume_bias.csv", cli.to_csv(rows))
+    files.write_csv(out / "volume_bias.csv", rows)
     lines = ["| data | p | arm | n | ΔV soft (ml) [95% CI] | ΔV thresholded (ml) [95% CI] | Dice | E[V] (ml) |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summary:
@@ -137,7 +137,7 @@ def main(argv):
             f"{s['dv_soft_ml_hi']:+.3f}] | {s['dv_hard_ml']:+.3f} [{s['dv_hard_ml_lo']:+.3f}, {s['dv_hard_ml_hi']:+.3f}] | "
             f"{s['dice']:.3f} | {s['expected_ml']:.3f} |"
         )
-    cli.write_atomic(out / "volume_bias.md", "\n".join(lines) + "\n")
+    files.write_text(out / "volume_bias.md", "\n".join(lines) + "\n")
     plot(summary, out / "volume_bias.png")
     print("\n".join(lines))
 

@@ -1,14 +1,12 @@
-"""Helpers shared by the command-line entry points in ``experiments/`` and the library's writers
-(atomic file and figure writes, CSV text)."""
+"""Helpers of the command-line entry points in ``experiments/`` (only they import this module, which
+brings in ``absl.app``): the prelude of every ``main``, one-line errors, name checks and a progress
+line. The library's file output is :mod:`labelset_jax.files`."""
 
 from __future__ import annotations
 
-import io
 import logging as py_logging
-import os
 import sys
 import time
-from pathlib import Path
 
 from absl import app
 
@@ -59,33 +57,3 @@ class Progress:
         end = "\n" if self.done == self.total else ""
         print(f"\r[{self.done}/{self.total}] {name} | {rate:.1f} s/item | ETA {eta:.0f} s", end=end,
               file=self.stream, flush=True)
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file in the same folder and a rename, so that
-    a reader never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
-    os.replace(tmp, path)
-
-
-def save_figure(fig, path: str | os.PathLike, *, dpi: int = 90) -> None:
-    """Saves a matplotlib figure as PNG atomically (see :func:`write_atomic`) and closes it."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-
-
-def to_csv(rows: list[dict]) -> str:
-    """CSV text of a list of dicts sharing the first row's keys (the header)."""
-    import csv
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()

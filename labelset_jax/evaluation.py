@@ -1,70 +1,222 @@
-"""Evaluation of trained workdirs on a dataset split: per-case metrics and their summary.
+"""The one evaluation path: predict a case, score it, summarise the scores.
 
-Used by ``experiments/evaluate.py`` and the study drivers; importable from a notebook.
+Training-time validation (:mod:`labelset_jax.train`), the run report (:mod:`labelset_jax.report`),
+``experiments/evaluate.py``, ``experiments/predict.py`` (prediction only) and the study drivers all
+go through these functions:
+
+* :meth:`EvalSettings.from_config`: the sliding-window and test-time-augmentation settings of a
+  config (``config.eval``), read in this one place;
+* :func:`predict_case`: one image through one model or an ensemble (probabilities averaged), by
+  Gaussian-weighted sliding windows, optionally with left-right flip TTA
+  (:func:`labelset_jax.inference.predict_volume`), after the library's normalisation
+  (:func:`labelset_jax.data.normalize_image`);
+* :func:`score_case`: Dice, HD95 and volume errors per tissue of one prediction
+  (:mod:`labelset_jax.metrics`); partial ground truth is scored only on the leaves its protocol
+  annotates;
+* :func:`evaluate_cases`: both over a list of cases; :func:`summarize`: mean and 95% bootstrap CI
+  of every metric over the cases.
+
+A trained model is a :class:`TrainedModel`, e.g. from :func:`labelset_jax.train.load_trained`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import ml_collections
 import numpy as np
 
-from labelset_jax import cli, input_pipeline, train
-from labelset_jax.data import load_cases, read_manifest
+from labelset_jax.data import Case, normalize_image
 from labelset_jax.inference import predict_volume
-from labelset_jax.labelsets import FETAL_BRAIN_PROTOCOLS
+from labelset_jax.labelsets import FETAL_BRAIN_PROTOCOLS, AnnotationProtocol, LabelSpace
 from labelset_jax.metrics import bootstrap_ci, evaluate_case, volume_error
 
+__all__ = ["EvalSettings", "TrainedModel", "Prediction", "predict_case", "score_case", "evaluate_cases",
+           "summarize"]
 
-def evaluate(workdirs: list[str], *, manifest: str | None = None, tta: bool = False,
-             best: bool = True) -> tuple[list[dict], list[dict]]:
-    """Scores trained workdir(s) (several: an ensemble averaged on probabilities) case by case.
+
+class EvalSettings(NamedTuple):
+    """How a volume is predicted.
+
+    Attributes:
+      roi_size: the sliding window ``(d, h, w)``.
+      sw_batch_size: windows per call of the model.
+      overlap: overlap of neighbouring windows, in ``[0, 1)``.
+      mode: ``"gaussian"`` or ``"constant"`` window weights.
+      tta: average the logits over a left-right flip.
+    """
+
+    roi_size: tuple[int, int, int]
+    sw_batch_size: int = 2
+    overlap: float = 0.5
+    mode: str = "gaussian"
+    tta: bool = False
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> EvalSettings:
+        """The settings of ``config.eval`` (``roi_size, sw_batch_size, overlap, mode, tta``); a
+        missing field takes the default above, a missing ``roi_size`` the training patch size.
+
+        >>> config = ml_collections.ConfigDict({"patch_size": (32, 32, 32), "eval": {"overlap": 0.25}})
+        >>> EvalSettings.from_config(config)
+        EvalSettings(roi_size=(32, 32, 32), sw_batch_size=2, overlap=0.25, mode='gaussian', tta=False)
+        """
+        ev = config.get("eval") or {}
+        defaults = cls(roi_size=tuple(config.patch_size))
+        return cls(
+            roi_size=tuple(int(r) for r in ev.get("roi_size", defaults.roi_size)),
+            sw_batch_size=int(ev.get("sw_batch_size", defaults.sw_batch_size)),
+            overlap=float(ev.get("overlap", defaults.overlap)),
+            mode=str(ev.get("mode", defaults.mode)),
+            tta=bool(ev.get("tta", defaults.tta)),
+        )
+
+
+class TrainedModel(NamedTuple):
+    """A trained model, its weights explicit.
+
+    Attributes:
+      apply_fn: ``apply_fn(images [N, D, H, W, 1], state) -> logits [N, D, H, W, C]`` (argument
+        order of :func:`labelset_jax.inference.sliding_window_inference`'s ``apply_fn(x, *args)``);
+        a jitted function, reused across calls.
+      state: the model's parameters and other variables (a pytree of arrays).
+      config: the training config.
+      label_space: the label space of the outputs (``C = label_space.num_classes`` leaves).
+    """
+
+    apply_fn: Callable[..., Any]
+    state: Any
+    config: ml_collections.ConfigDict
+    label_space: LabelSpace
+
+
+class Prediction(NamedTuple):
+    """The prediction of one volume: ``probs`` float32 ``[D, H, W, C]`` and their argmax ``labels``
+    int32 ``[D, H, W]``."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+
+
+def predict_case(models: TrainedModel | Sequence[TrainedModel], image: np.ndarray,
+                 settings: EvalSettings) -> Prediction:
+    """Predicts one volume with a model or an ensemble (probabilities averaged over the members).
 
     Args:
-      workdirs: training workdirs; more than one form an ensemble.
-      manifest: a CSV manifest of the cases, or ``None`` for the validation cases of the first
-        workdir's config.
-      tta: left-right flip test-time augmentation.
-      best: the best checkpoint by validation Dice (else the latest).
+      models: a :class:`TrainedModel`, or several of one label space (an ensemble).
+      image: ``[D, H, W]`` raw intensities (e.g. ``case.image``), normalised here by
+        :func:`~labelset_jax.data.normalize_image` as in training.
+      settings: the sliding-window and TTA settings.
 
     Returns:
-      ``(per_case, summary)``: one row per case (Dice, HD95 and soft/hard volume errors per tissue;
-      tissues a partial protocol does not annotate are NaN), and one row per metric (mean, 95%
-      bootstrap CI, number of finite values).
+      A :class:`Prediction`.
     """
-    members = [train.load_trained(w, best=best) for w in workdirs]
-    predict_fns = [m[0] for m in members]
-    config, space = members[0][1], members[0][2]
-    if manifest:
-        cases = [input_pipeline._from_case(c) for c in load_cases(read_manifest(manifest))]
-    else:
-        cases = input_pipeline.create_datasets(config.data, seed=config.seed).val
-    ev = config.get("eval", {})
-    progress = cli.Progress(len(cases))
+    members = [models] if isinstance(models, TrainedModel) else list(models)
+    if len({m.label_space.num_classes for m in members}) > 1:
+        raise ValueError("the ensemble members predict different label spaces")
+    probs, labels = predict_volume(
+        [m.apply_fn for m in members], normalize_image(image)[None, ..., None],
+        roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size, overlap=settings.overlap,
+        mode=settings.mode, tta=settings.tta, member_args=[(m.state,) for m in members],
+    )
+    return Prediction(np.asarray(probs[0]), np.asarray(labels[0]))
+
+
+def _annotated(case: Case, space: LabelSpace, protocols: Mapping[str, AnnotationProtocol]) -> Sequence[int]:
+    protocol = protocols.get(case.protocol)
+    if protocol is not None and protocol.space.num_classes == space.num_classes:
+        return protocol.annotated
+    return range(space.num_classes)
+
+
+def score_case(case: Case, prediction: Prediction, label_space: LabelSpace, *,
+               protocols: Mapping[str, AnnotationProtocol] = FETAL_BRAIN_PROTOCOLS, hd95: bool = True,
+               include_background: bool = False) -> dict[str, Any]:
+    """Scores one prediction against the case's labels.
+
+    A case under a partial protocol (``case.protocol`` in ``protocols``, of this label space's
+    leaves) is scored only on the leaves the protocol annotates (docs/theory.md §3); the other
+    tissues are NaN.
+
+    Args:
+      case: the case with its ground truth.
+      prediction: from :func:`predict_case`.
+      label_space: the leaves and their names.
+      protocols: the annotation protocols by name.
+      hd95: also compute the HD95 (the costly metric).
+      include_background: also score leaf 0 (Dice and HD95).
+
+    Returns:
+      ``{"id", "protocol", "dice_<leaf>", "hd95_<leaf>" (with ``hd95``), ...,
+      "dvol_soft_<leaf>", "dvol_hard_<leaf>", ...}``: per tissue the Dice, the HD95 (mm) and the
+      signed soft (sum of probabilities) and hard (``p > 0.5``) volume errors (ml).
+    """
+    space = label_space
+    annotated = _annotated(case, space, protocols)
+    row: dict[str, Any] = {"id": case.id, "protocol": case.protocol}
+    row.update(evaluate_case(prediction.labels, case.labels, num_classes=space.num_classes, spacing=case.spacing,
+                             annotated=annotated, names=space.names, hd95=hd95,
+                             include_background=include_background))
+    for c in range(1, space.num_classes):
+        name = space.names[c]
+        if c in annotated:
+            err = volume_error(prediction.probs[..., c], case.labels == c, spacing=case.spacing)
+            row[f"dvol_soft_{name}"], row[f"dvol_hard_{name}"] = err.soft, err.hard
+        else:
+            row[f"dvol_soft_{name}"] = row[f"dvol_hard_{name}"] = float("nan")
+    return row
+
+
+def evaluate_cases(models: TrainedModel | Sequence[TrainedModel], cases: Sequence[Case], settings: EvalSettings,
+                   *, on_case: Callable[[Case, Prediction, dict], None] | None = None,
+                   **score_options) -> list[dict[str, Any]]:
+    """:func:`predict_case` and :func:`score_case` on every case, in order.
+
+    Args:
+      models: a model or an ensemble (all of one label space).
+      cases: the cases, with their ground truth.
+      settings: the sliding-window and TTA settings.
+      on_case: called as ``on_case(case, prediction, row)`` after each case (progress display,
+        pictures, study-specific quantities added to ``row``).
+      **score_options: keyword arguments of :func:`score_case`.
+
+    Returns:
+      One row per case (see :func:`score_case`).
+    """
+    space = (models if isinstance(models, TrainedModel) else models[0]).label_space
     rows = []
     for case in cases:
-        probs, labels = predict_volume(
-            predict_fns, case.image[None, ..., None], roi_size=tuple(ev.get("roi_size", config.patch_size)),
-            sw_batch_size=ev.get("sw_batch_size", 2), overlap=ev.get("overlap", 0.5), tta=tta,
-        )
-        probs, pred = np.asarray(probs[0]), np.asarray(labels[0])
-        protocol = FETAL_BRAIN_PROTOCOLS.get(case.protocol)
-        annotated = protocol.annotated if protocol is not None and space.num_classes == 9 else range(space.num_classes)
-        row = {"id": case.id, "protocol": case.protocol}
-        row.update(evaluate_case(pred, case.labels, num_classes=space.num_classes, spacing=case.spacing,
-                                 annotated=annotated, names=space.names))
-        for c in range(1, space.num_classes):
-            name = space.names[c]
-            if c in annotated:
-                err = volume_error(probs[..., c], case.labels == c, spacing=case.spacing)
-                row[f"dvol_soft_{name}"], row[f"dvol_hard_{name}"] = err.soft, err.hard
-            else:
-                row[f"dvol_soft_{name}"] = row[f"dvol_hard_{name}"] = float("nan")
+        prediction = predict_case(models, case.image, settings)
+        row = score_case(case, prediction, space, **score_options)
+        if on_case is not None:
+            on_case(case, prediction, row)
         rows.append(row)
-        progress.update(case.id)
+    return rows
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], *, exclude: Sequence[str] = ("id", "protocol"),
+              num_resamples: int = 10_000) -> list[dict[str, Any]]:
+    """Mean and 95% bootstrap CI over the cases of every metric of the rows (NaNs left out).
+
+    Args:
+      rows: one row per case, e.g. from :func:`evaluate_cases`.
+      exclude: keys that are not metrics.
+      num_resamples: bootstrap resamples.
+
+    Returns:
+      One ``{"metric", "mean", "ci_low", "ci_high", "n"}`` per metric, in the rows' key order;
+      ``n`` counts the finite values.
+
+    >>> summarize([{"id": "a", "dice": 0.5}, {"id": "b", "dice": float("nan")}])
+    [{'metric': 'dice', 'mean': 0.5, 'ci_low': 0.5, 'ci_high': 0.5, 'n': 1}]
+    """
     summary = []
-    for key in rows[0]:
-        if key in ("id", "protocol"):
+    for key in (rows[0] if rows else {}):
+        if key in exclude:
             continue
         values = np.array([r[key] for r in rows], np.float64)
-        mean, lo, hi = bootstrap_ci(values)
-        summary.append({"metric": key, "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(np.isfinite(values).sum())})
-    return rows, summary
+        mean, low, high = bootstrap_ci(values, num_resamples=num_resamples)
+        summary.append({"metric": key, "mean": mean, "ci_low": low, "ci_high": high,
+                        "n": int(np.isfinite(values).sum())})
+    return summary

@@ -1,11 +1,12 @@
 """From a ``config.data`` to training and validation cases, and to a loader.
 
-Data sources (``config.data.name``):
+Data sources (``config.data.name``), each giving :class:`~labelset_jax.data.Case` records:
 
-* ``"phantoms"``: embedded fetal brain phantoms (SPEC §4), a cohort annotated under the protocols
-  ``config.data.protocols = {protocol: count}``; validation cases are fully segmented.
-* ``"mni152"``: the MNI152 4-class tissue task with labels sampled from the tissue probabilities.
-* ``"synthetic"``: binary tasks with known label uncertainty (SPEC §5, experiment 1),
+* ``"phantoms"``: embedded fetal brain phantoms (docs/theory.md §4), a cohort annotated under the
+  protocols ``config.data.protocols = {protocol: count}``; validation cases are fully segmented.
+* ``"mni152"``: the MNI152 4-class tissue task with labels sampled from the tissue probabilities
+  (needs the ``mni`` extra).
+* ``"synthetic"``: binary tasks with known label uncertainty (docs/theory.md §5, experiment 1),
   ``config.data.generator`` in ``boundary_noise, ambiguous_blob, independent_blobs, noise_free``.
 * ``"feta"``: a FeTA 2021 folder ``config.data.root``.
 * ``"manifest"``: a CSV manifest ``config.data.manifest`` (``id,image,label,protocol``).
@@ -14,54 +15,31 @@ Data sources (``config.data.name``):
 ``"none"``; ``"naive"`` (label-set voxels become background); ``"full_only"`` (partially annotated
 training cases are dropped).
 
-Images are normalised by :func:`normalize_image`, the same function at training and inference:
-z-score inside an intensity mask, so no label is needed at test time.
+The cases keep their raw images: the loader and the evaluation normalise them with the same
+function, :func:`~labelset_jax.data.normalize_image`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
 from labelset_jax import data as data_lib
+from labelset_jax.data import Case
 from labelset_jax.labelsets import FETAL_BRAIN, LabelSpace
 
-SYNTHETIC_SPACE = LabelSpace.leaves(["background", "object"])
 VAL_SEED_OFFSET = 100_000  # validation cases never share a seed with training cases
 
 
 @dataclasses.dataclass
-class EvalCase:
-    """A case for evaluation: normalised image, full labels, spacing, and optional extras."""
-
-    id: str
-    image: np.ndarray
-    labels: np.ndarray
-    spacing: tuple[float, float, float]
-    protocol: str = "full"
-    extras: dict = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
 class Datasets:
-    train: list[EvalCase]
-    val: list[EvalCase]
+    train: list[Case]
+    val: list[Case]
     label_space: LabelSpace
-
-
-def normalize_image(image: np.ndarray, *, relative_threshold: float = 0.1) -> np.ndarray:
-    """Z-score inside the mask ``image > relative_threshold · p99(image)`` (zero outside).
-
-    The mask needs no labels, so training and inference normalise identically.
-    """
-    image = np.asarray(image, np.float32)
-    threshold = relative_threshold * float(np.percentile(image, 99))
-    return data_lib.zscore(image, data_lib.brain_mask(image=image, threshold=threshold))
 
 
 def label_space_for(data: ml_collections.ConfigDict) -> LabelSpace:
@@ -72,11 +50,11 @@ def label_space_for(data: ml_collections.ConfigDict) -> LabelSpace:
     if name == "mni152":
         return data_lib.MNI_TISSUE
     if name == "synthetic":
-        return SYNTHETIC_SPACE
+        return data_lib.SYNTHETIC_SPACE
     raise ValueError(f"config.data.name must be phantoms, mni152, synthetic, feta or manifest, got {name!r}")
 
 
-def _apply_label_transform(cases: list[EvalCase], transform: str, space: LabelSpace) -> list[EvalCase]:
+def _apply_label_transform(cases: list[Case], transform: str, space: LabelSpace) -> list[Case]:
     if transform == "none":
         return cases
     if transform == "naive":
@@ -90,25 +68,19 @@ def _apply_label_transform(cases: list[EvalCase], transform: str, space: LabelSp
     raise ValueError(f"config.data.label_transform must be none, naive or full_only, got {transform!r}")
 
 
-def _from_case(case: Any, *, full: bool = False) -> EvalCase:
-    labels = case.full_labels if full and getattr(case, "full_labels", None) is not None else case.labels
-    return EvalCase(case.id, normalize_image(case.image), np.asarray(labels, np.int32), tuple(case.spacing),
-                    "full" if full else case.protocol)
+_GENERATORS = {
+    "boundary_noise": data_lib.boundary_noise_case,
+    "ambiguous_blob": data_lib.ambiguous_blob_case,
+    "independent_blobs": data_lib.independent_blobs_case,
+    "noise_free": data_lib.noise_free_case,
+}
 
 
-def _synthetic_case(data, seed: int) -> EvalCase:
-    generators = {
-        "boundary_noise": data_lib.boundary_noise_case,
-        "ambiguous_blob": data_lib.ambiguous_blob_case,
-        "independent_blobs": data_lib.independent_blobs_case,
-        "noise_free": data_lib.noise_free_case,
-    }
-    if data.generator not in generators:
-        raise ValueError(f"config.data.generator must be one of {sorted(generators)}, got {data.generator!r}")
+def _synthetic_cases(data: ml_collections.ConfigDict, first_seed: int, count: int) -> list[Case]:
+    if data.generator not in _GENERATORS:
+        raise ValueError(f"config.data.generator must be one of {sorted(_GENERATORS)}, got {data.generator!r}")
     kwargs = dict(data.get("generator_options", {}))
-    case = generators[data.generator](seed, shape=tuple(data.shape), **kwargs)
-    return EvalCase(f"synthetic_{seed:05d}", normalize_image(case.image), case.labels, tuple(case.spacing),
-                    extras={"q": case.q})
+    return [_GENERATORS[data.generator](first_seed + i, shape=tuple(data.shape), **kwargs) for i in range(count)]
 
 
 def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
@@ -122,20 +94,18 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
     name = data.name
     first = 1000 * int(seed)
     if name == "phantoms":
-        cohort = data_lib.phantom_cohort(dict(data.protocols), first_seed=first, shape=tuple(data.shape))
-        val = data_lib.phantom_cohort({"full": data.num_val}, first_seed=first + VAL_SEED_OFFSET, shape=tuple(data.shape))
-        train_cases = [_from_case(c) for c in cohort]
-        val_cases = [_from_case(c, full=True) for c in val]
+        shape = tuple(data.shape)
+        train_cases = data_lib.phantom_cohort(dict(data.protocols), first_seed=first, shape=shape).cases
+        val_cases = data_lib.phantom_cohort({"full": data.num_val}, first_seed=first + VAL_SEED_OFFSET, shape=shape).cases
     elif name == "mni152":
         kwargs = dict(voxel_size=data.get("voxel_size", 2))
         if data.get("shape"):
             kwargs["shape"] = tuple(data.shape)
-        train_cases = [_mni(c, i) for i, c in enumerate(data_lib.mni_cohort(data.num_train, first_seed=first, **kwargs))]
-        val_cases = [_mni(c, i) for i, c in enumerate(
-            data_lib.mni_cohort(data.num_val, first_seed=first + VAL_SEED_OFFSET, **kwargs))]
+        train_cases = data_lib.mni_cohort(data.num_train, first_seed=first, **kwargs)
+        val_cases = data_lib.mni_cohort(data.num_val, first_seed=first + VAL_SEED_OFFSET, **kwargs)
     elif name == "synthetic":
-        train_cases = [_synthetic_case(data, first + i) for i in range(data.num_train)]
-        val_cases = [_synthetic_case(data, first + VAL_SEED_OFFSET + i) for i in range(data.num_val)]
+        train_cases = _synthetic_cases(data, first, data.num_train)
+        val_cases = _synthetic_cases(data, first + VAL_SEED_OFFSET, data.num_val)
     elif name in ("feta", "manifest"):
         if name == "feta":
             if not data.get("root"):
@@ -145,7 +115,7 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
             if not data.get("manifest"):
                 raise ValueError("config.data.manifest must name a CSV manifest")
             files = data_lib.read_manifest(data.manifest)
-        cases = [_from_case(c) for c in data_lib.load_cases(files)]
+        cases = data_lib.load_cases(files)
         num_val = int(data.num_val)
         if len(cases) <= num_val:
             raise ValueError(f"{len(cases)} cases found, need more than config.data.num_val={num_val}")
@@ -154,16 +124,11 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
         train_cases = [cases[i] for i in order[num_val:]]
     else:
         raise ValueError(f"unknown config.data.name {name!r}")
-    train_cases = _apply_label_transform(train_cases, data.get("label_transform", "none"), space)
-    return Datasets(train=train_cases, val=val_cases, label_space=space)
+    train_cases = _apply_label_transform(list(train_cases), data.get("label_transform", "none"), space)
+    return Datasets(train=train_cases, val=list(val_cases), label_space=space)
 
 
-def _mni(case, i: int) -> EvalCase:
-    return EvalCase(f"mni_{i:04d}", normalize_image(case.image), np.asarray(case.labels, np.int32),
-                    tuple(case.spacing), extras={"probs": case.probs})
-
-
-def create_loader(config: ml_collections.ConfigDict, cases: Sequence[EvalCase]) -> data_lib.Loader:
+def create_loader(config: ml_collections.ConfigDict, cases: Sequence[Case]) -> data_lib.Loader:
     """The training loader: this process's slice of each global batch, prefetched."""
     return data_lib.Loader(
         cases,
@@ -175,5 +140,4 @@ def create_loader(config: ml_collections.ConfigDict, cases: Sequence[EvalCase]) 
         prefetch=config.data.get("prefetch", 2),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        normalize=False,  # normalize_image already ran
     )

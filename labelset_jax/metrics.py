@@ -1,4 +1,4 @@
-"""Segmentation metrics (SPEC §3), on the host with NumPy/SciPy.
+"""Segmentation metrics (docs/theory.md §3), on the host with NumPy/SciPy.
 
 Conventions:
 
@@ -371,7 +371,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, num_bin
 
 def evaluate_case(pred: np.ndarray, true: np.ndarray, *, num_classes: int, spacing: Sequence[float] | float,
                   annotated: Iterable[int] | None = None, names: Sequence[str] | None = None,
-                  include_background: bool = False) -> dict[str, float]:
+                  hd95: bool = True, include_background: bool = False) -> dict[str, float]:
     """Dice and HD95 per leaf of one case, scored only on the leaves its ground truth annotates.
 
     For an annotated leaf ``c`` the true mask is ``true == c``: a voxel with a set id is negative
@@ -387,11 +387,12 @@ def evaluate_case(pred: np.ndarray, true: np.ndarray, *, num_classes: int, spaci
       spacing: voxel size in mm per axis (for HD95).
       annotated: the leaves the ground truth annotates (default all).
       names: the ``C`` leaf names used in the keys (default ``label_<c>``).
+      hd95: also compute the HD95 (``False``: Dice only, much cheaper).
       include_background: also score leaf 0.
 
     Returns:
-      ``{"dice_<name>": ..., "hd95_<name>": ...}`` for every leaf (but the background unless
-      ``include_background``), in leaf order; NaN where a leaf is not annotated or, following
+      ``{"dice_<name>": ..., "hd95_<name>": ...}`` (no ``hd95_`` keys without ``hd95``) for every
+      leaf (but the background unless ``include_background``), in leaf order; NaN where a leaf is not annotated or, following
       :func:`dice_score` and :func:`hausdorff95`, absent from both maps.
 
     Raises:
@@ -417,11 +418,10 @@ def evaluate_case(pred: np.ndarray, true: np.ndarray, *, num_classes: int, spaci
     spacing = _spacing(spacing, pred.ndim)
     out = {}
     for c in range(0 if include_background else 1, num_classes):
-        dice = hd95 = float("nan")
-        if c in annotated:
-            dice = float(dice_score(pred, true, labels=[c])[0])
-            hd95 = hausdorff95(pred == c, true == c, spacing=spacing)
-        out[f"dice_{names[c]}"], out[f"hd95_{names[c]}"] = dice, hd95
+        out[f"dice_{names[c]}"] = float(dice_score(pred, true, labels=[c])[0]) if c in annotated else float("nan")
+        if hd95:
+            out[f"hd95_{names[c]}"] = (hausdorff95(pred == c, true == c, spacing=spacing) if c in annotated
+                                       else float("nan"))
     return out
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from labelset_jax import cli
+from labelset_jax import files, input_pipeline, train
+from labelset_jax.evaluation import EvalSettings, evaluate_cases
 from labelset_jax.labelsets import LabelSpace
 
 # A qualitative colour per leaf (background transparent); extended by cycling for larger spaces.
@@ -75,7 +77,7 @@ def save_slices_png(path: str | os.PathLike, image: np.ndarray, truth: np.ndarra
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    cli.save_figure(fig, path, dpi=80)
+    files.save_figure(fig, path, dpi=80)
 
 
 def write_run_report(workdir: str | os.PathLike, *, num_cases: int | None = None) -> dict[str, float]:
@@ -85,29 +87,19 @@ def write_run_report(workdir: str | os.PathLike, *, num_cases: int | None = None
     Returns:
       The mean metrics ``{"dice_<leaf>": ..., "hd95_<leaf>": ...}``.
     """
-    import json
-
-    from labelset_jax import input_pipeline, train
-    from labelset_jax.inference import predict_volume
-    from labelset_jax.metrics import evaluate_case
-
     workdir = Path(workdir)
-    predict, config, space = train.load_trained(workdir)
-    datasets = input_pipeline.create_datasets(config.data, seed=config.seed)
-    cases = datasets.val[:num_cases] if num_cases else datasets.val
-    ev = config.get("eval", {})
-    rows = []
-    for k, case in enumerate(cases):
-        _, labels = predict_volume(
-            predict, case.image[None, ..., None], roi_size=tuple(ev.get("roi_size", config.patch_size)),
-            sw_batch_size=ev.get("sw_batch_size", 2), overlap=ev.get("overlap", 0.5), tta=ev.get("tta", False),
-        )
-        pred = np.asarray(labels[0])
-        rows.append(evaluate_case(pred, case.labels, num_classes=space.num_classes, spacing=case.spacing,
-                                  names=space.names))
-        if k == 0:
-            save_slices_png(workdir / "slices.png", case.image, case.labels, pred, space,
+    model = train.load_trained(workdir)
+    config, space = model.config, model.label_space
+    cases = input_pipeline.create_datasets(config.data, seed=config.seed).val
+    cases = cases[:num_cases] if num_cases else cases
+
+    def first_case_slices(case, prediction, row):
+        if case is cases[0]:
+            save_slices_png(workdir / "slices.png", case.image, case.labels, prediction.labels, space,
                             title=f"{config.get('loss')} — {case.id}")
+
+    rows = evaluate_cases(model, cases, EvalSettings.from_config(config), on_case=first_case_slices)
+    rows = [{k: v for k, v in row.items() if k.startswith(("dice_", "hd95_"))} for row in rows]
     keys = list(rows[0]) if rows else []
     summary = {key: float(np.nanmean([r[key] for r in rows])) for key in keys}
     lines = [f"# {workdir.name}: {config.get('loss')} on {config.data.name}", "",
@@ -118,6 +110,6 @@ def write_run_report(workdir: str | os.PathLike, *, num_cases: int | None = None
         d = np.array([r[f"dice_{name}"] for r in rows])
         h = np.array([r[f"hd95_{name}"] for r in rows])
         lines.append(f"| {name} | {np.nanmean(d):.3f} ± {np.nanstd(d):.3f} | {np.nanmean(h):.2f} ± {np.nanstd(h):.2f} |")
-    cli.write_atomic(workdir / "report.md", "\n".join(lines) + "\n")
-    cli.write_atomic(workdir / "report.json", json.dumps(summary, indent=2))
+    files.write_text(workdir / "report.md", "\n".join(lines) + "\n")
+    files.write_json(workdir / "report.json", summary)
     return summary

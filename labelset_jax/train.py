@@ -7,7 +7,8 @@ One readable loop, importable from a notebook:
    optimiser state replicated;
 2. one jitted train step with donated state; the loss is any loss of :mod:`labelset_jax.losses`
    chosen by name, computed on the whole global batch (so ``batch_dice`` is a global-batch Dice);
-3. periodic validation by sliding-window inference with per-label Dice;
+3. periodic validation by sliding-window inference with per-label Dice, through
+   :mod:`labelset_jax.evaluation` (the one evaluation path);
 4. orbax checkpoints every ``checkpoint_every`` steps (last ``keep_checkpoints`` and the best by
    validation Dice), resumed automatically from ``workdir`` with the loader state;
 5. metrics to ``metrics.jsonl`` and TensorBoard event files; progress with steps/s and ETA.
@@ -34,9 +35,8 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from labelset_jax import checkpoints, cli, input_pipeline, losses
-from labelset_jax.inference import sliding_window_inference
-from labelset_jax.metrics import dice_score
+from labelset_jax import checkpoints, files, input_pipeline, losses
+from labelset_jax.evaluation import EvalSettings, TrainedModel, evaluate_cases
 from labelset_jax.models import create_model
 from labelset_jax.writers import MetricWriter
 
@@ -80,6 +80,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     missing = [f for f in REQUIRED_FIELDS if f not in config]
     if missing:
         raise ValueError(f"config is missing field(s) {missing}")
+    if int(config.batch_size) != config.batch_size or config.batch_size < 1:
+        raise ValueError(f"config.batch_size must be a positive integer, got {config.batch_size}")
     if config.batch_size % jax.device_count():
         raise ValueError(
             f"config.batch_size={config.batch_size} must be divisible by the number of devices "
@@ -202,26 +204,16 @@ def shard_batch(batch, sharding: NamedSharding):
 
 
 # --------------------------------------------------------------------------- evaluation
-def evaluate(trainer: Trainer, state, cases, label_space, config) -> dict[str, float]:
-    """Sliding-window inference on each validation case and per-label Dice (hard argmax).
+def validate(model: TrainedModel, cases, settings: EvalSettings) -> dict[str, float]:
+    """Per-label Dice of the validation cases (hard argmax; :func:`labelset_jax.evaluation.evaluate_cases`).
 
     Returns ``val/dice_<leaf>`` (mean over the cases where the leaf is present in either mask)
     and ``val/dice_mean`` over the foreground leaves.
     """
-    ev = config.get("eval", ml_collections.ConfigDict())
-    roi = tuple(ev.get("roi_size", tuple(config.patch_size)))
-    names = label_space.names
-    scores = []
-    for case in cases:
-        image = jnp.asarray(case.image[None, ..., None], jnp.float32)
-        logits = sliding_window_inference(
-            trainer.predict, image, state, roi_size=roi,
-            sw_batch_size=ev.get("sw_batch_size", 2), overlap=ev.get("overlap", 0.5),
-            mode=ev.get("mode", "gaussian"),
-        )
-        pred = np.asarray(jnp.argmax(logits[0], axis=-1))
-        scores.append(dice_score(pred, case.labels, labels=range(label_space.num_classes)))
-    scores = np.nanmean(np.stack(scores), axis=0) if scores else np.full(len(names), np.nan)
+    names = model.label_space.names
+    rows = evaluate_cases(model, cases, settings, hd95=False, include_background=True)
+    scores = np.array([[row[f"dice_{name}"] for name in names] for row in rows], np.float64)
+    scores = np.nanmean(scores, axis=0) if rows else np.full(len(names), np.nan)
     out = {f"val/dice_{name}": float(s) for name, s in zip(names, scores)}
     out["val/dice_mean"] = float(np.nanmean(scores[1:]))
     return out
@@ -247,8 +239,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
     if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
+    # Validation as the final evaluation (config.eval), but never with test-time augmentation.
+    val_settings = EvalSettings.from_config(config)._replace(tta=False)
 
     datasets = input_pipeline.create_datasets(config.data, seed=config.seed)
     label_space = datasets.label_space
@@ -295,7 +288,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                  last_loss, rate, (config.num_steps - step) / max(rate, 1e-9))
                     window_start, window_steps = time.perf_counter(), 0
                 if is_eval:
-                    metrics = evaluate(trainer, state, datasets.val, label_space, config)
+                    model = TrainedModel(trainer.predict, state, config, label_space)
+                    metrics = validate(model, datasets.val, val_settings)
                     writer.write_scalars(step, metrics)
                     logging.info("step %d validation: %s", step, _format(metrics))
                 if is_ckpt:
@@ -309,13 +303,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     result = {**metrics, "train/loss": last_loss}
     if is_main:
-        write_json_atomic(workdir / "results.json", result)
+        files.write_json(workdir / "results.json", result, sort_keys=True)
     return result
 
 
-def load_trained(workdir: str | os.PathLike, *, best: bool = True):
-    """Rebuilds ``(predict_fn, config, label_space)`` from a trained workdir (for evaluation,
-    prediction and notebooks): ``predict_fn(images [N, D, H, W, 1]) -> logits``."""
+def load_trained(workdir: str | os.PathLike, *, best: bool = True) -> TrainedModel:
+    """Rebuilds a trained model from its workdir (for evaluation, prediction and notebooks).
+
+    Args:
+      workdir: a training workdir (``config.json`` and checkpoints).
+      best: the best checkpoint by validation Dice when there is one, else the latest.
+
+    Returns:
+      A :class:`~labelset_jax.evaluation.TrainedModel`: ``apply_fn(images [N, D, H, W, 1], state)``
+      gives the logits (of the full-resolution head), with ``state`` the restored weights.
+
+    Raises:
+      FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
+    """
     workdir = Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
@@ -330,12 +335,7 @@ def load_trained(workdir: str | os.PathLike, *, best: bool = True):
         use_best = best and ckpt.best.latest_step() is not None
         state, _ = ckpt.restore(checkpoints.abstract_like(state), best=use_best)
         ckpt.close()
-    return (lambda images: trainer.predict(jnp.asarray(images, jnp.float32), state)), config, label_space
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Writes JSON to ``path`` atomically (:func:`labelset_jax.cli.write_atomic`)."""
-    cli.write_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
+    return TrainedModel(trainer.predict, state, config, label_space)
 
 
 def _format(metrics: dict[str, float]) -> str:

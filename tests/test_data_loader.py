@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from labelset_jax.data import AugmentConfig, Loader, make_phantom, phantom_cohort
+from labelset_jax.data import AugmentConfig, Case, Loader, normalize_image, phantom_cohort
 from labelset_jax.data import loader as loader_module
 from labelset_jax.labelsets import FETAL_BRAIN
 
@@ -133,15 +133,16 @@ def test_close_stops_a_blocked_worker(cases):
         next(loader)
 
 
-def test_augmentation_off_gives_plain_patches():
-    image, labels = make_phantom(0, shape=(32, 32, 32))
-    loader = Loader([(image, labels)], batch_size=1, patch_size=(32, 32, 32), seed=0, augment=False, prefetch=0)
+def test_augmentation_off_gives_plain_normalised_patches(cases):
+    case = cases[0]
+    loader = Loader([case], batch_size=1, patch_size=(32, 32, 32), seed=0, augment=False, prefetch=0)
     x, y = loader.batch(0)
-    np.testing.assert_array_equal(y[0], labels)  # the only patch that fits is the volume
-    mask = labels != 0
-    assert abs(x[0, ..., 0][mask].mean()) < 1e-4  # z-scored in the brain
+    np.testing.assert_array_equal(y[0], case.labels)  # the only patch that fits is the volume
+    np.testing.assert_array_equal(x[0, ..., 0], normalize_image(case.image))  # as at evaluation
+    raw = Loader([case], batch_size=1, patch_size=(32, 32, 32), seed=0, augment=False, prefetch=0, normalize=False)
+    np.testing.assert_array_equal(raw.batch(0)[0][0, ..., 0], case.image)
     always_zoom = AugmentConfig(zoom_prob=1.0)
-    zoomed = Loader([(image, labels)], batch_size=1, patch_size=PATCH, seed=0, augment=always_zoom, prefetch=0)
+    zoomed = Loader([case], batch_size=1, patch_size=PATCH, seed=0, augment=always_zoom, prefetch=0)
     assert zoomed.batch(0)[1].shape == (1, *PATCH)
 
 
@@ -150,6 +151,6 @@ def test_bad_arguments(cases):
         Loader(cases, batch_size=1, patch_size=PATCH, seed=-1)
     with pytest.raises(ValueError, match="at least one"):
         Loader([], batch_size=1, patch_size=PATCH, seed=0)
-    bad = [(np.zeros((8, 8, 8)), np.full((8, 8, 8), 42, np.int32))]
-    with pytest.raises(ValueError, match=r"case 0 hold label id\(s\) \[42\]"):
+    bad = [Case("bad_case", np.zeros((8, 8, 8)), np.full((8, 8, 8), 42, np.int32), (1, 1, 1))]
+    with pytest.raises(ValueError, match=r"bad_case hold label id\(s\) \[42\]"):
         Loader(bad, batch_size=1, patch_size=PATCH, seed=0, space=FETAL_BRAIN)

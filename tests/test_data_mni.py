@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -47,10 +52,10 @@ def test_coarse_affine_maps_block_centres(maps4):
 def test_sampled_volumes_match_expected_within_sampling_error():
     case = mni_tissue_case(0, voxel_size=4, augment=False)
     counts = np.bincount(case.labels.ravel(), minlength=4)
-    p = case.probs.reshape(-1, 4).astype(np.float64)
+    p = case.metadata["probs"].reshape(-1, 4).astype(np.float64)
     mean, std = p.sum(0), np.sqrt((p * (1 - p)).sum(0))
     assert np.all(np.abs(counts - mean) < 5 * std + 1e-9), (counts, mean, std)
-    np.testing.assert_allclose(case.expected_volumes_ml(), mean * 64 / 1000)
+    np.testing.assert_allclose(expected_volumes_ml(case.metadata["probs"], case.spacing), mean * 64 / 1000)
 
 
 def test_sample_labels_frequencies():
@@ -66,14 +71,14 @@ def test_augmented_cases_are_deterministic_and_varied():
     c = mni_tissue_case(6, voxel_size=4)
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.labels, b.labels)
-    assert not np.allclose(a.probs, c.probs)
+    assert not np.allclose(a.metadata["probs"], c.metadata["probs"])
     for case in (a, c):
         MNI_TISSUE.validate(case.labels)
-        np.testing.assert_allclose(case.probs.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(case.metadata["probs"].sum(-1), 1.0, atol=1e-5)
         assert np.all(np.isfinite(case.image))
         # small spatial augmentation: tissue volumes stay within ~20% of the template's
         template = expected_volumes_ml(mni152_tissue_maps(4).probs, (4, 4, 4))
-        np.testing.assert_allclose(case.expected_volumes_ml()[1:], template[1:], rtol=0.2)
+        np.testing.assert_allclose(expected_volumes_ml(case.metadata["probs"], case.spacing)[1:], template[1:], rtol=0.2)
 
 
 def test_crop_shape_and_cohort():
@@ -81,7 +86,7 @@ def test_crop_shape_and_cohort():
     assert len(cohort) == 2
     for case in cohort:
         assert case.image.shape == case.labels.shape == (40, 48, 40)
-        assert case.probs.shape == (40, 48, 40, 4)
+        assert case.metadata["probs"].shape == (40, 48, 40, 4)
     np.testing.assert_array_equal(cohort[1].labels, mni_tissue_case(4, voxel_size=4, shape=(40, 48, 40)).labels)
 
 
@@ -89,7 +94,7 @@ def test_unaugmented_centre_crop_is_exact(maps4):
     case = mni_tissue_case(0, voxel_size=4, augment=False, shape=(40, 49, 38))
     offset = [(s - o) // 2 for s, o in zip(maps4.image.shape, (40, 49, 38))]
     crop = tuple(slice(o, o + n) for o, n in zip(offset, (40, 49, 38)))
-    np.testing.assert_array_equal(case.probs, maps4.probs[crop])
+    np.testing.assert_array_equal(case.metadata["probs"], maps4.probs[crop])
     np.testing.assert_array_equal(case.image, maps4.image[crop])
     np.testing.assert_allclose(case.affine[:3, 3], maps4.affine[:3, :3] @ offset + maps4.affine[:3, 3])
 
@@ -97,3 +102,22 @@ def test_unaugmented_centre_crop_is_exact(maps4):
 def test_bad_voxel_size():
     with pytest.raises(ValueError, match="voxel_size"):
         mni152_tissue_maps(1.5)
+
+
+def test_cases_are_named_by_seed():
+    assert [case.id for case in mni_cohort(2, first_seed=7, voxel_size=8)] == ["mni_00007", "mni_00008"]
+
+
+def test_missing_nilearn_names_the_extra():
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["nilearn"] = None  # as if it were not installed
+        from labelset_jax.data import mni152_tissue_maps
+        try:
+            mni152_tissue_maps(8)
+        except ImportError as e:
+            print(e)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert "pip install 'labelset-jax[mni]'" in out.stdout

@@ -6,37 +6,56 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from labelset_jax.data import ambiguous_blob_case, boundary_noise_case, independent_blobs_case, noise_free_case
+from labelset_jax.data import (
+    SYNTHETIC_SPACE,
+    Case,
+    ambiguous_blob_case,
+    boundary_noise_case,
+    expected_volume_ml,
+    independent_blobs_case,
+    noise_free_case,
+)
+from labelset_jax.metrics import volumes_ml
+
+
+def q_of(case: Case) -> np.ndarray:
+    return case.metadata["q"]
+
+
+def volume_ml(case: Case) -> float:
+    return volumes_ml(case.labels == 1, spacing=case.spacing)
 
 
 def test_boundary_q_is_one_inside_zero_outside_half_on_the_surface():
     case = boundary_noise_case(0, shape=(32, 32, 32), radius=8.0, tau=1.0, jitter=0.0)
-    centre = case.q[15:17, 15:17, 15:17]
-    assert centre.min() > 0.99 and case.q[0, 0, 0] < 1e-3
+    centre = q_of(case)[15:17, 15:17, 15:17]
+    assert centre.min() > 0.99 and q_of(case)[0, 0, 0] < 1e-3
     # at distance 8 from the centre (15.5, 15.5, 15.5) along axis 0: 7.5 + 0.5 -> q ≈ 1/2
-    assert case.q[15, 15, 15 + 8] == pytest.approx(0.5, abs=0.15)
-    assert case.image.dtype == case.q.dtype == np.float32 and case.labels.dtype == np.int32
+    assert q_of(case)[15, 15, 15 + 8] == pytest.approx(0.5, abs=0.15)
+    assert case.image.dtype == q_of(case).dtype == np.float32 and case.labels.dtype == np.int32
     assert set(np.unique(case.labels).tolist()) == {0, 1}
+    SYNTHETIC_SPACE.validate(case.labels)
 
 
 def test_boundary_labels_are_bernoulli_q():
     cases = [boundary_noise_case(s, shape=(24, 24, 24), radius=6.0, tau=1.5) for s in range(40)]
-    volumes = np.array([c.volume_ml() for c in cases])
-    expected = np.array([c.expected_volume_ml() for c in cases])
-    residual = (volumes - expected) / np.sqrt([np.sum(c.q * (1 - c.q)) / 1e6 for c in cases])
+    volumes = np.array([volume_ml(c) for c in cases])
+    expected = np.array([expected_volume_ml(c) for c in cases])
+    residual = (volumes - expected) / np.sqrt([np.sum(q_of(c) * (1 - q_of(c))) / 1e6 for c in cases])
     assert abs(residual.mean()) < 4 / np.sqrt(len(cases))  # unbiased draw
     # where q is strictly between 0 and 1 the labels vary between draws of one geometry
     a = boundary_noise_case(1, shape=(24, 24, 24), radius=6.0, tau=1.5, jitter=0.0)
     b = boundary_noise_case(2, shape=(24, 24, 24), radius=6.0, tau=1.5, jitter=0.0)
-    np.testing.assert_array_equal(a.q, b.q)
+    np.testing.assert_array_equal(q_of(a), q_of(b))
     assert not np.array_equal(a.labels, b.labels)
 
 
 def test_determinism():
     a = boundary_noise_case(7, shape=(16, 16, 16), radius=4.0)
     b = boundary_noise_case(7, shape=(16, 16, 16), radius=4.0)
-    for x, y in zip(a[:3], b[:3]):
+    for x, y in ((a.image, b.image), (a.labels, b.labels), (q_of(a), q_of(b))):
         np.testing.assert_array_equal(x, y)
+    assert a.id == "synthetic_00007"
 
 
 @pytest.mark.parametrize("p", [0.2, 0.4, 0.6, 0.8])
@@ -44,8 +63,8 @@ def test_ambiguous_blob_is_one_draw_and_always_visible(p):
     included = []
     for seed in range(60):
         case = ambiguous_blob_case(seed, p=p, shape=(24, 24, 24), object_radius=4, blob_radius=3)
-        blob = np.isclose(case.q, p)
-        assert blob.sum() > 50 and np.all(case.labels[case.q == 1] == 1)
+        blob = np.isclose(q_of(case), p)
+        assert blob.sum() > 50 and np.all(case.labels[q_of(case) == 1] == 1)
         values = np.unique(case.labels[blob])
         assert values.size == 1  # all or nothing
         included.append(values[0])
@@ -55,11 +74,11 @@ def test_ambiguous_blob_is_one_draw_and_always_visible(p):
 
 def test_independent_blobs():
     case = independent_blobs_case(3, k=6, p=[0.1, 0.3, 0.5, 0.7, 0.9, 0.5], shape=(48, 48, 48))
-    assert set(np.unique(case.q).astype(np.float64).round(3).tolist()) == {0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0}
+    assert set(np.unique(q_of(case)).astype(np.float64).round(3).tolist()) == {0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0}
     draws = []
     for seed in range(30):
         case = independent_blobs_case(seed, k=5, p=0.5, shape=(40, 40, 40), object_radius=4, blob_radius=3)
-        blobs, n = ndimage.label(np.isclose(case.q, 0.5))
+        blobs, n = ndimage.label(np.isclose(q_of(case), 0.5))
         assert n == 5
         draws.append([case.labels[blobs == i].max() for i in range(1, n + 1)])
         for i in range(1, n + 1):
@@ -71,8 +90,8 @@ def test_independent_blobs():
 
 def test_noise_free_control():
     case = noise_free_case(0, shape=(20, 20, 20), radius=5)
-    np.testing.assert_array_equal(case.labels, case.q)
-    assert case.volume_ml() == case.expected_volume_ml()
+    np.testing.assert_array_equal(case.labels, q_of(case))
+    assert volume_ml(case) == expected_volume_ml(case)
 
 
 def test_bad_arguments():

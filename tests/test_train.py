@@ -1,5 +1,5 @@
 """The training system: one-step smoke tests of every config, resumption, determinism,
-1 vs 4 devices, non-finite losses, overfitting one phantom."""
+1 vs 4 devices, non-finite losses, overfitting one phantom, deep supervision."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import default, feta, partial_supervision, volume_bias
-from labelset_jax import train
+from labelset_jax import input_pipeline, train
+from labelset_jax.evaluation import EvalSettings, predict_case
+from labelset_jax.metrics import dice_score
+from labelset_jax.models import create_model
 from labelset_jax.writers import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,10 +89,33 @@ def test_bad_config_fields_are_named(tmp_path):
     config = tiny(default.get_config(), loss="dice")
     with pytest.raises(ValueError, match="unknown loss 'dice'"):
         train.train_and_evaluate(config, tmp_path)
-    config = tiny(default.get_config(), batch_size=3)
-    if jax.device_count() > 1:
-        with pytest.raises(ValueError, match="batch_size"):
-            train.train_and_evaluate(config, tmp_path)
+    with pytest.raises(ValueError, match=r"config.batch_size must be a positive integer, got 0"):
+        train.train_and_evaluate(tiny(default.get_config(), batch_size=0), tmp_path / "zero")
+    assert not (tmp_path / "zero").exists(), "rejected before any work"
+
+
+BATCH_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", 2)
+    from tests.test_train import tiny
+    from configs import default
+    from labelset_jax import train
+    for batch_size in (4, 3):
+        try:
+            train.validate_config(tiny(default.get_config(), batch_size=batch_size))
+            print(batch_size, "ok")
+        except ValueError as e:
+            print(batch_size, e)
+    """
+)
+
+
+def test_batch_size_must_split_evenly_over_the_devices():
+    out = subprocess.run([sys.executable, "-c", BATCH_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "4 ok", "3 config.batch_size=3 must be divisible by the number of devices (2)"]
 
 
 def test_resume_gives_the_same_next_step_loss(tmp_path):
@@ -174,14 +201,10 @@ def test_tiny_model_overfits_one_phantom(tmp_path):
     config.data.augment = False
     config.data.foreground_prob = 0.0
     train.train_and_evaluate(config, tmp_path)
-    predict, _, space = train.load_trained(tmp_path, best=False)
-    datasets = train.input_pipeline.create_datasets(config.data, seed=config.seed)
-    case = datasets.train[0]
-    logits = predict(case.image[None, ..., None])
-    pred = np.asarray(logits[0].argmax(-1))
-    from labelset_jax.metrics import dice_score
-
-    scores = dice_score(pred, case.labels, labels=range(1, space.num_classes))
+    model = train.load_trained(tmp_path, best=False)
+    case = input_pipeline.create_datasets(config.data, seed=config.seed).train[0]
+    prediction = predict_case(model, case.image, EvalSettings.from_config(model.config))
+    scores = dice_score(prediction.labels, case.labels, labels=range(1, model.label_space.num_classes))
     assert np.nanmean(scores) > 0.9, scores
 
 
@@ -192,3 +215,36 @@ def test_deep_supervision_and_remat_train(tmp_path):
     config.model.remat = True
     result = train.train_and_evaluate(config, tmp_path)
     assert np.isfinite(result["train/loss"]) and 0.0 <= result["val/dice_mean"] <= 1.0
+
+
+def test_deep_supervision_loss_weighs_the_heads_and_trains_the_auxiliary_head():
+    """Loss = 2/3 ℒ(full-resolution head) + 1/3 ℒ(half-resolution head, labels subsampled by 2), and
+    the parameters that only the auxiliary head uses get a gradient from it."""
+    config = tiny(default.get_config())
+    config.model.num_levels = 3
+    config.model.deep_supervision = True
+    datasets = input_pipeline.create_datasets(config.data, seed=0)
+    images, labels = input_pipeline.create_loader(config, datasets.train).batch(0)
+    model = create_model(config.model, num_classes=datasets.label_space.num_classes, rngs=nnx.Rngs(0))
+    loss_fn = train.make_loss_fn(config, datasets.label_space)
+
+    full, half = model(images)
+    assert half.shape[1:4] == tuple(s // 2 for s in full.shape[1:4])
+    main = float(loss_fn(full, labels))
+    weighted = 2 / 3 * main + 1 / 3 * float(loss_fn(half, labels[:, ::2, ::2, ::2]))
+    assert float(loss_fn((full, half), labels)) == pytest.approx(weighted, rel=1e-6)
+    assert abs(weighted - main) > 1e-4  # the auxiliary head changes the loss
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def grads(use_all_heads):
+        def objective(p):
+            outputs = nnx.merge(graphdef, p, rest)(images)
+            return loss_fn(outputs if use_all_heads else outputs[0], labels)
+
+        return jax.tree.leaves(jax.grad(objective)(params))
+
+    only_auxiliary = [i for i, g in enumerate(grads(False)) if not np.any(g)]  # no effect on the main head
+    assert only_auxiliary, "the auxiliary head has parameters of its own"
+    with_heads = grads(True)
+    assert all(np.any(with_heads[i]) for i in only_auxiliary)

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from labelset_jax import cli  # noqa: E402
+from labelset_jax import files  # noqa: E402
 from labelset_jax.data import make_phantom  # noqa: E402
 from labelset_jax.data.phantoms import draw_abnormality  # noqa: E402
 from labelset_jax.labelsets import FETAL_BRAIN  # noqa: E402
@@ -73,7 +73,7 @@ def main() -> None:
     handles = [Patch(color=COLOURS[c], label=FETAL_BRAIN.names[c]) for c in range(1, 9)]
     fig.legend(handles=handles, loc="lower center", ncol=8, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 0.96))
-    cli.save_figure(fig, args.output)
+    files.save_figure(fig, args.output)
     print(f"wrote {args.output}")
 
 

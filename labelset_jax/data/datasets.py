@@ -1,9 +1,10 @@
 """Cases, cohorts with partial annotations, CSV manifests and the FeTA 2021 layout.
 
-* :class:`Case`: one image and its (full or partial) label map in memory, with its protocol.
-* :class:`CaseFile`: the same on disk (paths), loaded with checks by :meth:`CaseFile.load`.
+* :class:`CaseFile`: a case on disk, not loaded yet (a manifest row: its id and protocol, and the
+  paths of its files); :meth:`CaseFile.load` checks and loads it into a
+  :class:`~labelset_jax.data.case.Case`.
 * :func:`phantom_cohort`: phantom cases annotated under the protocols of the reference study
-  (SPEC §4), e.g. a few full atlases and many partial ones; :func:`write_cohort` /
+  (docs/theory.md §4), e.g. a few full atlases and many partial ones; :func:`write_cohort` /
   :func:`read_cohort` store a cohort as NIfTI files plus a ``manifest.csv``.
 * :func:`read_manifest` / :func:`write_manifest`: the CSV manifest ``id,image,label,protocol``
   (paths relative to the CSV's folder) describing any folder of NIfTI pairs.
@@ -28,19 +29,18 @@ import dataclasses
 import io
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from labelset_jax import files
+from labelset_jax.data.case import Case
 from labelset_jax.data.nifti import load_case, load_labels, save_nifti
 from labelset_jax.data.phantoms import make_phantom, phantom_affine, phantom_spacing
 from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS, AnnotationProtocol, LabelSpace, validate_labels
 
 __all__ = [
-    "Case",
     "CaseFile",
     "Cohort",
     "phantom_cohort",
@@ -77,46 +77,13 @@ FETA_TO_FETAL_BRAIN: dict[int, int] = {0: 0, 1: 4, 2: 5, 3: 1, 4: 2, 5: 3, 6: 6,
 #: Columns of a manifest; ``protocol`` may be left out (every case is then ``full``).
 MANIFEST_COLUMNS = ("id", "image", "label", "protocol")
 _REQUIRED_COLUMNS = ("id", "image", "label")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 # ---------------------------------------------------------------------------------- cases
-@dataclasses.dataclass(frozen=True, eq=False)
-class Case:
-    """One case in memory.
-
-    Attributes:
-      id: a unique name (letters, digits, ``._-``), used as a file name.
-      image: float32 ``[D, H, W]`` intensities.
-      labels: int32 ``[D, H, W]`` label ids (partial under a partial protocol).
-      spacing: voxel size in mm.
-      protocol: the name of the annotation protocol the labels follow.
-      affine: voxel-to-world ``[4, 4]``; default a diagonal one centred on the volume.
-      full_labels: the full segmentation when known (phantoms), for evaluation; else ``None``.
-    """
-
-    id: str
-    image: np.ndarray
-    labels: np.ndarray
-    spacing: tuple[float, float, float]
-    protocol: str = "full"
-    affine: np.ndarray | None = None
-    full_labels: np.ndarray | None = None
-
-    def __post_init__(self):
-        if not _SAFE_ID.match(self.id):
-            raise ValueError(f"case id {self.id!r} must be letters, digits and ._- (it names files)")
-        if np.shape(self.image) != np.shape(self.labels) or np.ndim(self.labels) != 3:
-            raise ValueError(f"case {self.id}: need 3D image and labels of one shape, got "
-                             f"{np.shape(self.image)} and {np.shape(self.labels)}")
-        if self.affine is None:
-            object.__setattr__(self, "affine", phantom_affine(self.image.shape, self.spacing))
-        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
-
-
 @dataclasses.dataclass(frozen=True)
 class CaseFile:
-    """One case on disk: an image file, a label file and the protocol of the labels.
+    """A case on disk, not loaded yet: what a manifest row says. :meth:`load` gives the
+    :class:`~labelset_jax.data.case.Case`.
 
     Attributes:
       id: the case name.
@@ -290,19 +257,6 @@ def phantom_cohort(
     return Cohort(cases, space)
 
 
-def _replace_dir(tmp: Path, directory: Path, overwrite: bool) -> None:
-    """Moves the finished ``tmp`` folder to ``directory`` (atomic rename when it does not exist)."""
-    if directory.exists():
-        if not overwrite:
-            raise ValueError(f"{directory}: already exists (pass overwrite=True to replace it)")
-        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-        os.replace(directory, old / directory.name)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
-
-
 def write_cohort(directory: str | os.PathLike, cases: Iterable[Case], *, overwrite: bool = False) -> Path:
     """Writes cases as NIfTI files plus ``manifest.csv``, atomically.
 
@@ -329,11 +283,7 @@ def write_cohort(directory: str | os.PathLike, cases: Iterable[Case], *, overwri
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ValueError(f"duplicate case id(s) {duplicates}")
-    if directory.exists() and not overwrite:
-        raise ValueError(f"{directory}: already exists (pass overwrite=True to replace it)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with files.atomic_directory(directory, overwrite=overwrite) as tmp:
         entries = []
         for case in cases:
             image_path = tmp / "images" / f"{case.id}.nii.gz"
@@ -346,10 +296,6 @@ def write_cohort(directory: str | os.PathLike, cases: Iterable[Case], *, overwri
                 save_nifti(full_path, np.asarray(case.full_labels, np.int32), case.affine)
             entries.append(CaseFile(case.id, image_path, label_path, case.protocol, full_path))
         write_manifest(tmp / "manifest.csv", entries)
-        _replace_dir(tmp, directory, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory / "manifest.csv"
 
 
@@ -467,16 +413,7 @@ def write_manifest(path: str | os.PathLike, entries: Iterable[CaseFile]) -> Path
         if with_full:
             row.append("" if e.full_label_path is None else _relative(e.full_label_path, root))
         writer.writerow(row)
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    files.write_text(path, buffer.getvalue())
     return path
 
 

@@ -20,8 +20,8 @@ batch; with JAX, build the global array with ``jax.make_array_from_process_local
 
 Example:
 
->>> from labelset_jax.data.phantoms import make_phantom
->>> cases = [make_phantom(s, shape=(32, 32, 32)) for s in range(2)]
+>>> from labelset_jax.data.datasets import phantom_cohort
+>>> cases = phantom_cohort({"full": 2}, shape=(32, 32, 32)).cases
 >>> with Loader(cases, batch_size=2, patch_size=(16, 16, 16), seed=0) as loader:
 ...     image, labels = next(loader)
 ...     state = loader.state_dict()
@@ -40,26 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from labelset_jax.data.transforms import AugmentConfig, augment_patch, brain_mask, foreground_index, zscore
+from labelset_jax.data.case import Case
+from labelset_jax.data.transforms import AugmentConfig, augment_patch, foreground_index, normalize_image
 from labelset_jax.labelsets import LabelSpace, validate_labels
 
-__all__ = ["Loader", "case_arrays"]
+__all__ = ["Loader"]
 
 _STATE_VERSION = 1
 _TAG_PERMUTATION, _TAG_SAMPLE = 0, 1
-
-
-def case_arrays(case: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(image, labels)`` of a case: an object with ``image``/``labels`` attributes (e.g.
-    :class:`~labelset_jax.data.datasets.Case`, :class:`~labelset_jax.data.mni.MNICase`), an
-    ``(image, labels, ...)`` tuple, or a lazy case with a ``load()`` method."""
-    if hasattr(case, "image") and hasattr(case, "labels"):
-        return np.asarray(case.image), np.asarray(case.labels)
-    if isinstance(case, (tuple, list)) and len(case) >= 2:
-        return np.asarray(case[0]), np.asarray(case[1])
-    if hasattr(case, "load"):
-        return case_arrays(case.load())
-    raise TypeError(f"a case must have image and labels, or be an (image, labels) tuple; got {type(case).__name__}")
 
 
 class _Failure:
@@ -77,12 +65,13 @@ class Loader:
     manager or call :meth:`close` to stop the worker thread. An exception in the worker is
     re-raised by the next ``next()``.
 
-    Preprocessing happens once in the constructor: each image is z-scored inside its brain mask
-    (``labels != 0``, or ``image > mask_threshold``; zero outside), and the foreground voxels are
-    indexed for foreground-biased patches.
+    Preprocessing happens once in the constructor: each image is normalised by
+    :func:`~labelset_jax.data.transforms.normalize_image` (as at evaluation and prediction), and
+    the foreground voxels are indexed for foreground-biased patches. The intensity augmentation
+    acts inside the brain ``labels != 0``.
 
     Args:
-      cases: the cases (see :func:`case_arrays`).
+      cases: the :class:`~labelset_jax.data.case.Case` records (raw images).
       batch_size: the *global* batch size ``B``.
       patch_size: the patch shape ``(D, H, W)``; patches larger than a volume are padded (image 0,
         labels background).
@@ -94,18 +83,16 @@ class Loader:
         are computed in ``next()``).
       process_index: this process's index ``i`` (``jax.process_index()``).
       process_count: the number of processes ``P`` (``jax.process_count()``); ``B % P == 0``.
-      mask_threshold: ``None`` for the brain mask ``labels != 0``, else ``image > mask_threshold``.
-      normalize: z-score the images (``False`` if they are already normalised).
+      normalize: normalise the images (``False`` if they are already normalised).
       space: when given, every label map is checked to hold ids of this label space.
 
     Raises:
-      ValueError: bad sizes, seeds or process indices, an image/label shape mismatch or invalid
-        label ids (with ``space``).
+      ValueError: bad sizes, seeds or process indices, or invalid label ids (with ``space``).
     """
 
     def __init__(
         self,
-        cases: Sequence[Any],
+        cases: Sequence[Case],
         *,
         batch_size: int,
         patch_size: Sequence[int],
@@ -115,7 +102,6 @@ class Loader:
         prefetch: int = 2,
         process_index: int = 0,
         process_count: int = 1,
-        mask_threshold: float | None = None,
         normalize: bool = True,
         space: LabelSpace | None = None,
     ):
@@ -146,23 +132,14 @@ class Loader:
         self.process_index, self.process_count = int(process_index), int(process_count)
         self.local_batch_size = self.batch_size // self.process_count
 
-        self._images, self._labels, self._masks, self._fg = [], [], [], []
+        self._images, self._labels, self._fg = [], [], []
         for k, case in enumerate(cases):
-            image, labels = case_arrays(case)
-            name = getattr(case, "id", f"case {k}")
-            if image.ndim != 3 or image.shape != labels.shape:
-                raise ValueError(f"{name}: need 3D image and labels of one shape, got {image.shape}, {labels.shape}")
             if space is not None:
-                validate_labels(labels, space, what=str(name))
-            labels = labels.astype(np.int32, copy=False)
-            if mask_threshold is None:
-                mask = brain_mask(labels=labels)
-            else:
-                mask = brain_mask(image=image, threshold=mask_threshold)
-            image = zscore(image, mask) if normalize else image.astype(np.float32, copy=False)
+                validate_labels(case.labels, space, what=case.id)
+            labels = np.asarray(case.labels, np.int32)
+            image = normalize_image(case.image) if normalize else np.asarray(case.image, np.float32)
             self._images.append(image)
             self._labels.append(labels)
-            self._masks.append(None if mask_threshold is None else mask)
             self._fg.append(foreground_index(labels, seed=k) if foreground_prob > 0 else None)
 
         self._permutations: dict[int, np.ndarray] = {}  # epoch -> case order (a small cache)
@@ -215,7 +192,6 @@ class Loader:
             patch_size=self.patch_size,
             config=self.config,
             foreground_prob=self.foreground_prob,
-            mask=self._masks[k],
             fg_index=self._fg[k],
         )
 

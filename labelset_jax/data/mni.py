@@ -1,6 +1,6 @@
 """A 4-class brain tissue task with known expected volumes, from the MNI152 2009 template.
 
-SPEC §5, experiment 2. nilearn ships, inside its wheel (no download), the MNI152 2009 T1 template
+docs/theory.md §5, experiment 2. nilearn ships, inside its wheel (no download), the MNI152 2009 T1 template
 and its grey- and white-matter probability maps at 1 mm (197×233×189). Per 1 mm voxel the class
 probabilities of :data:`MNI_TISSUE` are
 
@@ -17,8 +17,10 @@ class is ``v Σ_i probs[i, c]``, known exactly (:func:`expected_volumes_ml`).
 :func:`mni_tissue_case` makes a cohort member: random spatial augmentation (small rotation, scale,
 translation/crop, left-right flip) is applied to the image *and* the probability maps (linear
 interpolation keeps them a partition of unity), then labels are drawn, then the intensities are
-augmented (gamma, contrast, bias field, noise). The case keeps its transformed ``probs``, so its
-expected volumes stay exact.
+augmented (gamma, contrast, bias field, noise). The case keeps its transformed probabilities in
+``case.metadata["probs"]``, so its expected volumes stay exact.
+
+nilearn is an optional dependency: ``pip install 'labelset-jax[mni]'``.
 
 >>> maps = mni152_tissue_maps(8)
 >>> maps.probs.shape, maps.spacing
@@ -36,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from labelset_jax.data.case import Case
 from labelset_jax.data.nifti import spacing_of
 from labelset_jax.data.phantoms import rotation_matrix
 from labelset_jax.data.transforms import extract_patch
@@ -44,7 +47,6 @@ from labelset_jax.labelsets import LabelSpace
 __all__ = [
     "MNI_TISSUE",
     "MNITissueMaps",
-    "MNICase",
     "mni152_tissue_maps",
     "mni_tissue_case",
     "mni_cohort",
@@ -70,34 +72,6 @@ class MNITissueMaps(NamedTuple):
     probs: np.ndarray
     affine: np.ndarray
     spacing: tuple[float, float, float]
-
-
-class MNICase(NamedTuple):
-    """One member of an MNI tissue cohort.
-
-    Attributes:
-      image: float32 ``[D, H, W]`` augmented T1 intensities.
-      labels: int32 ``[D, H, W]`` labels drawn from ``probs``.
-      probs: float32 ``[D, H, W, 4]`` the class probabilities the labels were drawn from.
-      affine: ``[4, 4]`` voxel-to-world matrix (diagonal; the output centre sits where the input
-        centre was in MNI space).
-      spacing: voxel size in mm.
-    """
-
-    image: np.ndarray
-    labels: np.ndarray
-    probs: np.ndarray
-    affine: np.ndarray
-    spacing: tuple[float, float, float]
-
-    def expected_volumes_ml(self) -> np.ndarray:
-        """``E[V_c] = v Σ_i probs[i, c]`` per class, in ml (float64 ``[4]``)."""
-        return expected_volumes_ml(self.probs, self.spacing)
-
-    def volumes_ml(self) -> np.ndarray:
-        """The volume of each class in the drawn label map, in ml (float64 ``[4]``)."""
-        counts = np.bincount(self.labels.ravel(), minlength=MNI_TISSUE.num_classes)
-        return counts * (float(np.prod(self.spacing)) / 1000.0)
 
 
 def expected_volumes_ml(probs: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -135,7 +109,10 @@ def _read_only(*arrays):
 @functools.lru_cache(maxsize=1)
 def _mni_1mm() -> MNITissueMaps:
     """The 1 mm template and class probabilities, from the files inside nilearn's wheel."""
-    from nilearn import datasets  # imported lazily: nilearn is slow to import
+    try:
+        from nilearn import datasets  # imported lazily: nilearn is slow to import
+    except ImportError as e:
+        raise ImportError("the MNI152 data source needs nilearn: pip install 'labelset-jax[mni]'") from e
 
     t1 = datasets.load_mni152_template(resolution=1)
     image = t1.get_fdata(dtype=np.float32)
@@ -206,7 +183,7 @@ def mni_tissue_case(
     max_shift_mm: float = 6.0,
     flip_prob: float = 0.5,
     noise_std: tuple[float, float] = (0.0, 0.05),
-) -> MNICase:
+) -> Case:
     """One MNI tissue case: augmented template, augmented probabilities, labels drawn from them.
 
     Args:
@@ -223,11 +200,13 @@ def mni_tissue_case(
       noise_std: range of the standard deviation of the additive Gaussian noise.
 
     Returns:
-      :class:`MNICase`; ``case.expected_volumes_ml()`` is exact for its ``probs``.
+      A :class:`~labelset_jax.data.case.Case` of :data:`MNI_TISSUE` with id ``mni_<seed>`` and the
+      probabilities the labels were drawn from in ``case.metadata["probs"]`` (float32
+      ``[D, H, W, 4]``): ``expected_volumes_ml(case.metadata["probs"], case.spacing)`` is exact.
 
     >>> case = mni_tissue_case(0, voxel_size=8)
-    >>> case.image.shape, case.labels.shape, case.probs.shape
-    ((25, 30, 24), (25, 30, 24), (25, 30, 24, 4))
+    >>> case.id, case.image.shape, case.labels.shape, case.metadata["probs"].shape
+    ('mni_00000', (25, 30, 24), (25, 30, 24), (25, 30, 24, 4))
     """
     maps = mni152_tissue_maps(voxel_size)
     rng = np.random.default_rng(seed)
@@ -273,12 +252,13 @@ def mni_tissue_case(
         image = image + rng.normal(0, rng.uniform(*noise_std), out_shape)
     affine = np.diag([vs, vs, vs, 1.0])
     affine[:3, 3] = maps.affine[:3, :3] @ c_in + maps.affine[:3, 3] - vs * c_out
-    return MNICase(image.astype(np.float32), labels, probs.astype(np.float32), affine, (vs, vs, vs))
+    return Case(f"mni_{int(seed):05d}", image.astype(np.float32), labels, (vs, vs, vs), affine=affine,
+                metadata={"probs": probs.astype(np.float32)})
 
 
 def mni_cohort(
     num_cases: int, *, first_seed: int = 0, voxel_size: int = 2, augment: bool = True, **kwargs
-) -> list[MNICase]:
+) -> list[Case]:
     """A cohort of MNI tissue cases: case ``i`` is ``mni_tissue_case(first_seed + i, ...)``.
 
     Args:
@@ -289,7 +269,7 @@ def mni_cohort(
       **kwargs: more arguments of :func:`mni_tissue_case` (e.g. ``shape``).
 
     Returns:
-      A list of :class:`MNICase`.
+      A list of :class:`~labelset_jax.data.case.Case`.
     """
     return [
         mni_tissue_case(first_seed + i, voxel_size=voxel_size, augment=augment, **kwargs)

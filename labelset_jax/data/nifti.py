@@ -18,13 +18,13 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from labelset_jax import files
 from labelset_jax.labelsets import LabelSpace, validate_labels
 
 __all__ = ["load_nifti", "save_nifti", "load_labels", "load_case", "spacing_of"]
@@ -194,7 +194,7 @@ def load_case(
 
 
 def save_nifti(path: PathLike, array: np.ndarray, affine: np.ndarray, *, header: Any = None) -> None:
-    """Writes a NIfTI file atomically: a temporary file in the same folder, then ``os.replace``.
+    """Writes a NIfTI file atomically (:func:`labelset_jax.files.atomic_path`).
 
     A reader never sees a half-written file, and an interrupted write leaves the old file intact.
     The data type is the array's (use int32 for label maps, float32 for images); booleans are
@@ -218,13 +218,5 @@ def save_nifti(path: PathLike, array: np.ndarray, affine: np.ndarray, *, header:
     img.set_sform(img.affine, code=1)
     img.set_qform(img.affine, code=1)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
+    with files.atomic_path(path, suffix=suffix) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

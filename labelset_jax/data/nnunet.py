@@ -49,8 +49,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +56,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from labelset_jax import files
 from labelset_jax.data.nifti import load_labels, load_nifti, save_nifti, spacing_of
 from labelset_jax.labelsets import LabelSpace
 
@@ -613,20 +612,13 @@ def write_dataset(
       DatasetError: the folder exists (without ``overwrite``), duplicate case ids, a label id not
         in ``space``, or image/label shapes that differ.
     """
-    from labelset_jax.cli import write_atomic
-
     root = Path(root)
     if root.exists() and not overwrite:
         raise DatasetError(f"{root}: already exists (pass overwrite to replace it)")
     num_channels = len(channel_names)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is an ordinary folder
     seen: set[str] = set()
     num_training = 0
-    try:
+    with files.atomic_directory(root, overwrite=overwrite) as tmp:
         for folder, cases in (("Tr", training), ("Ts", test)):
             for case in cases:  # one at a time: a generator may load each case when asked
                 if case.id in seen:
@@ -657,15 +649,5 @@ def write_dataset(
             "file_ending": ".nii.gz",
         }
         spec.update(extra or {})
-        write_atomic(tmp / "dataset.json", json.dumps(spec, indent=2) + "\n")
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, old / root.name)
-            os.replace(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        files.write_json(tmp / "dataset.json", spec)
     return root / "dataset.json"

@@ -1,8 +1,9 @@
 """Synthetic binary tasks with *known* label uncertainty, for the soft-Dice volume-bias study.
 
-SPEC §5, experiment 1: the label of voxel ``i`` given the image is ``l_i ~ Bernoulli(q_i)`` with a
-known ``q``, so the expected foreground volume ``E[V] = v Σ_i q_i`` is known exactly (``v`` the
-voxel volume). Every generator returns a :class:`SyntheticCase` ``(image, labels, q, spacing)``:
+docs/theory.md §5, experiment 1: the label of voxel ``i`` given the image is ``l_i ~ Bernoulli(q_i)``
+with a known ``q``, so the expected foreground volume ``E[V] = v Σ_i q_i`` is known exactly (``v``
+the voxel volume). Every generator returns a :class:`~labelset_jax.data.case.Case` of
+:data:`SYNTHETIC_SPACE` with id ``synthetic_<seed>`` and ``q`` in ``case.metadata["q"]``:
 
 * :func:`boundary_noise_case`: an ellipsoid whose boundary is blurred: every voxel is drawn
   independently with ``q = sigmoid((r - ρ) / τ)``, ``ρ`` the voxel's distance from the centre and
@@ -18,22 +19,25 @@ boundary profile / the faint blobs whatever was drawn, so the best possible pred
 image is ``q`` itself. Labels are int32 ``{0, 1}``; ``q`` and the image are float32.
 
 >>> case = boundary_noise_case(0, shape=(16, 16, 16), radius=5.0, tau=1.0)
->>> image, labels, q, spacing = case
->>> labels.dtype, q.dtype, bool(q.max() > 0.9 and q.min() < 0.1)
-(dtype('int32'), dtype('float32'), True)
->>> round(case.expected_volume_ml(), 3)  # > the sphere's 0.524 ml: the boundary is curved
+>>> q = case.metadata["q"]
+>>> case.id, case.labels.dtype, q.dtype, bool(q.max() > 0.9 and q.min() < 0.1)
+('synthetic_00000', dtype('int32'), dtype('float32'), True)
+>>> round(expected_volume_ml(case), 3)  # > the sphere's 0.524 ml: the boundary is curved
 0.701
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 
+from labelset_jax.data.case import Case
+from labelset_jax.labelsets import LabelSpace
+
 __all__ = [
-    "SyntheticCase",
+    "SYNTHETIC_SPACE",
+    "expected_volume_ml",
     "boundary_noise_case",
     "ambiguous_blob_case",
     "independent_blobs_case",
@@ -41,33 +45,17 @@ __all__ = [
 ]
 
 
-class SyntheticCase(NamedTuple):
-    """One synthetic binary case with known per-voxel foreground probability.
+#: The label space of the synthetic binary tasks.
+SYNTHETIC_SPACE = LabelSpace.leaves(["background", "object"])
 
-    Attributes:
-      image: float32 ``[D, H, W]``.
-      labels: int32 ``[D, H, W]`` in ``{0, 1}``, one draw of ``Bernoulli(q)``.
-      q: float32 ``[D, H, W]``, the probability that each voxel is foreground given the image.
-      spacing: voxel size in mm.
+
+def expected_volume_ml(case: Case) -> float:
+    """``E[V] = v Σ_i q_i``: the expected foreground volume in ml of a synthetic case.
+
+    >>> round(expected_volume_ml(noise_free_case(0, shape=(8, 8, 8), radius=2.0, spacing=(2, 2, 2))), 3)
+    0.264
     """
-
-    image: np.ndarray
-    labels: np.ndarray
-    q: np.ndarray
-    spacing: tuple[float, float, float]
-
-    @property
-    def voxel_ml(self) -> float:
-        """The volume of one voxel in ml."""
-        return float(np.prod(self.spacing)) / 1000.0
-
-    def expected_volume_ml(self) -> float:
-        """``E[V] = v Σ_i q_i``: the expected foreground volume in ml."""
-        return float(np.sum(self.q, dtype=np.float64)) * self.voxel_ml
-
-    def volume_ml(self) -> float:
-        """The volume of the drawn label map in ml."""
-        return float(np.count_nonzero(self.labels)) * self.voxel_ml
+    return float(np.sum(case.metadata["q"], dtype=np.float64)) * case.voxel_ml
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -90,12 +78,13 @@ def _distance(shape, centre, radii) -> np.ndarray:
     return (1.0 - norm) * np.float32(radii.mean())
 
 
-def _finish(rng, q, intensity, noise, spacing, labels=None) -> SyntheticCase:
+def _finish(seed, rng, q, intensity, noise, spacing, labels=None) -> Case:
     q = np.broadcast_to(q, intensity.shape).astype(np.float32)
     if labels is None:
         labels = (rng.random(q.shape, dtype=np.float32) < q).astype(np.int32)
     image = intensity + rng.normal(0.0, noise, q.shape).astype(np.float32) if noise > 0 else intensity
-    return SyntheticCase(image.astype(np.float32), labels.astype(np.int32), q, tuple(float(s) for s in spacing))
+    return Case(f"synthetic_{int(seed):05d}", image.astype(np.float32), labels.astype(np.int32), spacing,
+                metadata={"q": q})
 
 
 def _check(shape, spacing):
@@ -120,7 +109,7 @@ def boundary_noise_case(
     noise: float = 0.05,
     jitter: float = 2.0,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
-) -> SyntheticCase:
+) -> Case:
     """An ellipsoid with independent boundary noise: ``q = sigmoid((r - ρ) / τ)``.
 
     Args:
@@ -135,7 +124,8 @@ def boundary_noise_case(
       spacing: voxel size in mm (only for volumes).
 
     Returns:
-      A :class:`SyntheticCase`; the image is ``q`` plus noise (it shows the soft boundary).
+      A :class:`~labelset_jax.data.case.Case`; the image is ``q`` plus noise (it shows the soft
+      boundary).
     """
     shape = _check(shape, spacing)
     if tau <= 0:
@@ -143,7 +133,7 @@ def boundary_noise_case(
     rng = np.random.default_rng(seed)
     centre = _jittered_centre(rng, shape, jitter)
     q = _sigmoid(_distance(shape, centre, radius) / np.float32(tau))
-    return _finish(rng, q, q.astype(np.float32), noise, spacing)
+    return _finish(seed, rng, q, q.astype(np.float32), noise, spacing)
 
 
 def noise_free_case(
@@ -154,20 +144,20 @@ def noise_free_case(
     noise: float = 0.05,
     jitter: float = 2.0,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
-) -> SyntheticCase:
+) -> Case:
     """The control: a sharp ellipsoid, ``q ∈ {0, 1}`` and ``labels == q`` (no inherent uncertainty).
 
     Same arguments as :func:`boundary_noise_case`, without ``tau``.
 
     >>> case = noise_free_case(0, shape=(12, 12, 12), radius=3.0)
-    >>> bool(np.array_equal(case.labels, case.q.astype(np.int32)))
+    >>> bool(np.array_equal(case.labels, case.metadata["q"].astype(np.int32)))
     True
     """
     shape = _check(shape, spacing)
     rng = np.random.default_rng(seed)
     centre = _jittered_centre(rng, shape, jitter)
     inside = (_distance(shape, centre, radius) > 0).astype(np.float32)
-    return _finish(rng, inside, inside.copy(), noise, spacing, labels=inside.astype(np.int32))
+    return _finish(seed, rng, inside, inside.copy(), noise, spacing, labels=inside.astype(np.int32))
 
 
 def _place_spheres(rng, shape, radii, *, margin: float = 1.0, tries: int = 2000) -> list[np.ndarray]:
@@ -187,7 +177,7 @@ def _place_spheres(rng, shape, radii, *, margin: float = 1.0, tries: int = 2000)
     return centres
 
 
-def _blob_case(rng, shape, object_radius, blob_radii, blob_probs, blob_intensity, noise, spacing) -> SyntheticCase:
+def _blob_case(seed, rng, shape, object_radius, blob_radii, blob_probs, blob_intensity, noise, spacing) -> Case:
     radii = ([object_radius] if object_radius > 0 else []) + list(blob_radii)
     centres = _place_spheres(rng, shape, radii)
     q = np.zeros(shape, np.float32)
@@ -202,7 +192,7 @@ def _blob_case(rng, shape, object_radius, blob_radii, blob_probs, blob_intensity
         q[inside] = p
         intensity[inside] = blob_intensity
         labels[inside] = int(rng.random() < p)  # one draw for the whole blob
-    return _finish(rng, q, intensity, noise, spacing, labels=labels)
+    return _finish(seed, rng, q, intensity, noise, spacing, labels=labels)
 
 
 def ambiguous_blob_case(
@@ -215,11 +205,11 @@ def ambiguous_blob_case(
     blob_intensity: float = 0.4,
     noise: float = 0.05,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
-) -> SyntheticCase:
+) -> Case:
     """A clear object plus one faint blob that is all foreground with probability ``p``.
 
     The optimum of soft Dice includes the blob iff ``p > 0.5``, hence ``ΔV = (1[p > 0.5] - p) N``
-    (SPEC §5); cross-entropy's optimum predicts ``p`` on the blob (``ΔV ≈ 0``).
+    (docs/theory.md §5); cross-entropy's optimum predicts ``p`` on the blob (``ΔV ≈ 0``).
 
     Args:
       seed: seed of the positions, the draw and the image noise.
@@ -234,17 +224,17 @@ def ambiguous_blob_case(
       spacing: voxel size in mm.
 
     Returns:
-      A :class:`SyntheticCase`.
+      A :class:`~labelset_jax.data.case.Case`.
 
     >>> case = ambiguous_blob_case(0, p=0.3, shape=(24, 24, 24), object_radius=4, blob_radius=3)
-    >>> sorted(np.unique(case.q).tolist())  # background, the blob, the object
+    >>> sorted(np.unique(case.metadata["q"]).tolist())  # background, the blob, the object
     [0.0, 0.30000001192092896, 1.0]
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
     shape = _check(shape, spacing)
     rng = np.random.default_rng(seed)
-    return _blob_case(rng, shape, object_radius, [blob_radius], [p], blob_intensity, noise, spacing)
+    return _blob_case(seed, rng, shape, object_radius, [blob_radius], [p], blob_intensity, noise, spacing)
 
 
 def independent_blobs_case(
@@ -258,7 +248,7 @@ def independent_blobs_case(
     blob_intensity: float = 0.4,
     noise: float = 0.05,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
-) -> SyntheticCase:
+) -> Case:
     """A clear object plus ``k`` faint blobs, each foreground independently with probability ``p``.
 
     Args:
@@ -269,7 +259,7 @@ def independent_blobs_case(
         :func:`ambiguous_blob_case`.
 
     Returns:
-      A :class:`SyntheticCase`.
+      A :class:`~labelset_jax.data.case.Case`.
 
     Raises:
       ValueError: the blobs do not fit in the volume, or a bad ``p``.
@@ -279,4 +269,4 @@ def independent_blobs_case(
         raise ValueError(f"p must be in [0, 1], got {p}")
     shape = _check(shape, spacing)
     rng = np.random.default_rng(seed)
-    return _blob_case(rng, shape, object_radius, [blob_radius] * int(k), probs.tolist(), blob_intensity, noise, spacing)
+    return _blob_case(seed, rng, shape, object_radius, [blob_radius] * int(k), probs.tolist(), blob_intensity, noise, spacing)

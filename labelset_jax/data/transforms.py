@@ -1,6 +1,7 @@
 """Preprocessing and augmentation on the host (NumPy/SciPy), driven by a NumPy ``Generator``.
 
-SPEC §4: z-score normalisation inside the brain mask; random patches (uniform, or centred on a
+docs/theory.md §4: z-score normalisation inside the brain mask (:func:`normalize_image`, the one
+normalisation of the library: loader, evaluation and prediction); random patches (uniform, or centred on a
 foreground label with some probability); left-right flip; random zoom 0.9-1.1; additive noise,
 contrast and gamma *inside the mask*. Label maps are only ever resampled by nearest neighbour
 (and padded with background), so they keep valid label ids, label sets included.
@@ -17,7 +18,7 @@ so a pipeline seeded identically produces identical outputs.
 >>> rng = np.random.default_rng(0)
 >>> image = rng.normal(size=(20, 20, 20)).astype(np.float32)
 >>> labels = np.zeros((20, 20, 20), np.int32); labels[5:15, 5:15, 5:15] = 9
->>> x, y = augment_patch(zscore(image, labels != 0), labels, rng, patch_size=(16, 16, 16))
+>>> x, y = augment_patch(normalize_image(image), labels, rng, patch_size=(16, 16, 16))
 >>> x.shape, y.dtype, set(np.unique(y).tolist()) <= {0, 9}
 ((16, 16, 16), dtype('int32'), True)
 """
@@ -34,6 +35,7 @@ __all__ = [
     "AugmentConfig",
     "brain_mask",
     "zscore",
+    "normalize_image",
     "foreground_index",
     "sample_patch_centre",
     "extract_patch",
@@ -81,7 +83,7 @@ def brain_mask(
 ) -> np.ndarray:
     """The brain mask: ``labels != 0`` (training), or ``image > threshold`` (no labels at hand).
 
-    Any label id other than background counts as brain, label sets included (SPEC §1: background
+    Any label id other than background counts as brain, label sets included (docs/theory.md §1: background
     stays annotated under every protocol).
 
     >>> brain_mask(labels=np.array([0, 1, 9])).tolist()
@@ -124,6 +126,23 @@ def zscore(image: np.ndarray, mask: np.ndarray, *, outside: float = 0.0, eps: fl
     if mask.any():
         out[~mask] = outside
     return out
+
+
+def normalize_image(image: np.ndarray, *, relative_threshold: float = 0.1) -> np.ndarray:
+    """The library's intensity normalisation: z-score inside ``image > relative_threshold · p99``.
+
+    :func:`zscore` over the intensity mask :func:`brain_mask` ``(image=..., threshold=...)`` with
+    the threshold a fraction of the 99th percentile; zero (the mean) outside. The mask needs no
+    labels, so training (the loader), evaluation and prediction on new scans normalise every
+    image identically.
+
+    >>> image = np.array([0.0, 0.0, 1.0, 2.0, 3.0])
+    >>> normalize_image(image).round(3).tolist()
+    [0.0, 0.0, -1.225, 0.0, 1.225]
+    """
+    image = np.asarray(image, np.float32)
+    threshold = relative_threshold * float(np.percentile(image, 99))
+    return zscore(image, brain_mask(image=image, threshold=threshold))
 
 
 # ---------------------------------------------------------------------------------- patches

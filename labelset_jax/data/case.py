@@ -1,0 +1,70 @@
+"""The one record of an image with its labels, returned by every data source of the library.
+
+Phantom cohorts, synthetic cases, MNI tissue cases, manifests, FeTA folders and written cohorts all
+give :class:`Case` records; the loader, the evaluation and the report take them. Images are stored
+as acquired or generated (raw intensities): the loader and the evaluation normalise them with
+:func:`~labelset_jax.data.transforms.normalize_image`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from labelset_jax.data.phantoms import phantom_affine
+
+__all__ = ["Case"]
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Case:
+    """One image and its (full or partial) label map, in memory.
+
+    Attributes:
+      id: a unique name (letters, digits, ``._-``), used as a file name.
+      image: float ``[D, H, W]`` raw intensities.
+      labels: int ``[D, H, W]`` label ids (leaves, and set ids under a partial protocol).
+      spacing: voxel size in mm.
+      protocol: the name of the annotation protocol the labels follow (``"full"``: every leaf).
+      affine: voxel-to-world ``[4, 4]``; default a diagonal one centred on the volume.
+      full_labels: the full segmentation when known (phantom cohorts), else ``None``.
+      metadata: quantities a data source knows exactly, by name: ``"q"`` (synthetic cases, the
+        foreground probability of each voxel, float ``[D, H, W]``), ``"probs"`` (MNI tissue cases,
+        the class probabilities the labels were drawn from, float ``[D, H, W, C]``).
+
+    >>> case = Case("a", np.zeros((2, 3, 4)), np.zeros((2, 3, 4), np.int32), (1, 1, 2))
+    >>> case.spacing, case.protocol, case.affine[:3, 3].tolist(), case.voxel_ml
+    ((1.0, 1.0, 2.0), 'full', [-0.5, -1.0, -3.0], 0.002)
+    """
+
+    id: str
+    image: np.ndarray
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+    protocol: str = "full"
+    affine: np.ndarray | None = None
+    full_labels: np.ndarray | None = None
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not _SAFE_ID.match(self.id):
+            raise ValueError(f"case id {self.id!r} must be letters, digits and ._- (it names files)")
+        if np.shape(self.image) != np.shape(self.labels) or np.ndim(self.labels) != 3:
+            raise ValueError(f"case {self.id}: need 3D image and labels of one shape, got "
+                             f"{np.shape(self.image)} and {np.shape(self.labels)}")
+        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        if len(self.spacing) != 3:
+            raise ValueError(f"case {self.id}: spacing must have 3 entries, got {self.spacing}")
+        if self.affine is None:
+            object.__setattr__(self, "affine", phantom_affine(np.shape(self.image), self.spacing))
+
+    @property
+    def voxel_ml(self) -> float:
+        """The volume of one voxel in ml."""
+        return float(np.prod(self.spacing)) / 1000.0
