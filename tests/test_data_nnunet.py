@@ -122,6 +122,8 @@ def test_reading_the_mni_dataset(mni_dataset):
     np.testing.assert_array_equal(dataset.load(test.id)[1], written[test.id])
     # ordinary permissions, as the rest of the user's files
     assert stat.S_IMODE(os.stat(root).st_mode) == 0o777 & ~_umask()
+    for path in [root / "dataset.json", *root.glob("*/*.nii.gz")]:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~_umask(), path
 
 
 def _umask() -> int:
