@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from labelset_jax.models import UNet3D, count_params, create_model, reference_unet, small_unet
-from labelset_jax.models.unet3d import ConvBlock, lecun_normal
+from labelset_jax.models.unet3d import ConvBlock, folded_conv_general_dilated, lecun_normal, max_pool_2
 
 
 def tiny(**overrides) -> UNet3D:
@@ -59,6 +59,8 @@ def expected_params(*, num_classes, in_channels, features, upsample="trilinear",
     dict(norm="none", activation="gelu", upsample="transpose"),
     dict(num_levels=3, in_channels=2, num_classes=5, max_features=8),
     dict(num_levels=1),
+    dict(downsample="stride"),
+    dict(downsample="stride", conv_impl="native"),
 ])
 def test_output_shape_and_dtype(config):
     model = tiny(**config)
@@ -137,12 +139,90 @@ def test_group_counts():
     assert tiny(norm="none").encoder[0].first.norm is None
 
 
+# --- downsampling and convolution formulations ---------------------------------------------
+
+
+def test_max_pool_2_is_the_2x2x2_window_maximum():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 6, 8, 3))
+    expected = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 2, 1), (1, 2, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(max_pool_2(x), expected)
+
+
+def test_downsampling_modes_same_parameters_different_functions():
+    pool, stride = tiny(num_levels=3), tiny(num_levels=3, downsample="stride")
+    assert pool.downsample == "maxpool" and stride.downsample == "stride"
+    shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))
+    assert shapes(pool) == shapes(stride)
+    nnx.update(stride, nnx.state(pool))
+    x = jax.random.normal(jax.random.key(1), (1, 8, 8, 8, 1))
+    assert not np.allclose(forward(pool, x), forward(stride, x), atol=1e-3)
+
+
+@pytest.mark.parametrize("stride, padding, shape", [
+    (1, "SAME", (2, 6, 5, 4, 3)),
+    (2, ((1, 1), (1, 1), (1, 1)), (1, 8, 6, 4, 2)),
+    (2, "SAME", (1, 7, 6, 5, 2)),
+    (1, ((0, 2), (1, 0), (2, 1)), (1, 5, 5, 5, 2)),
+])
+def test_folded_convolution_matches_xla(stride, padding, shape):
+    """Values and both gradients of the folded form against ``lax.conv_general_dilated``."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, shape[-1], 4))
+    dn = ("NDHWC", "DHWIO", "NDHWC")
+
+    def loss(conv, x, w):
+        y = conv(x, w, (stride,) * 3, padding, dimension_numbers=dn)
+        return jnp.sum(jnp.sin(y)), y
+
+    (_, y), grads = jax.value_and_grad(lambda *a: loss(folded_conv_general_dilated, *a), (0, 1), has_aux=True)(x, w)
+    (_, y_ref), grads_ref = jax.value_and_grad(lambda *a: loss(jax.lax.conv_general_dilated, *a), (0, 1),
+                                               has_aux=True)(x, w)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    for g, g_ref in zip(grads, grads_ref):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_folded_convolution_1x1x1_and_fallbacks():
+    x = jax.random.normal(jax.random.key(0), (1, 4, 4, 4, 6))
+    dn = ("NDHWC", "DHWIO", "NDHWC")
+    for w_shape, kw in [((1, 1, 1, 6, 5), {}), ((3, 3, 3, 3, 4), dict(feature_group_count=2)),
+                        ((3, 3, 3, 6, 5), dict(rhs_dilation=(2, 2, 2)))]:
+        w = jax.random.normal(jax.random.key(1), w_shape)
+        y = folded_conv_general_dilated(x, w, (1, 1, 1), "SAME", dimension_numbers=dn, **kw)
+        ref = jax.lax.conv_general_dilated(x, w, (1, 1, 1), "SAME", dimension_numbers=dn, **kw)
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("config", [
+    dict(),
+    dict(downsample="stride", upsample="transpose", norm="none", deep_supervision=True, num_levels=3),
+])
+def test_conv_impls_same_outputs_and_gradients(config):
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 8, 1))
+    labels = jnp.zeros((2, 8, 8, 8), jnp.int32)
+    results = []
+    for impl in ("native", "folded", "auto"):
+        model = tiny(conv_impl=impl, **config)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(p):
+            out = nnx.merge(graphdef, p, rest)(x)
+            return cross_entropy(out[0] if isinstance(out, tuple) else out, labels)
+
+        results.append(jax.jit(jax.value_and_grad(loss))(params))
+    (loss_n, grads_n) = results[0]
+    for loss_i, grads_i in results[1:]:
+        np.testing.assert_allclose(loss_i, loss_n, rtol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads_i, grads_n)
+
+
 # --- parameter counts -----------------------------------------------------------------------
 
 
 def test_reference_unet_parameter_count():
     model = nnx.eval_shape(lambda: reference_unet(rngs=nnx.Rngs(0)))  # abstract: nothing allocated
     assert model.features == (30, 60, 120, 240, 320)
+    assert model.downsample == "maxpool"  # the paper's U-Net
     assert count_params(model) == 14_242_019
     assert count_params(model) == expected_params(num_classes=9, in_channels=1, features=model.features)
     transpose = nnx.eval_shape(lambda: reference_unet(rngs=nnx.Rngs(0), upsample="transpose"))
@@ -158,6 +238,7 @@ def test_small_unet_parameter_count():
 
 @pytest.mark.parametrize("config", [
     dict(),
+    dict(downsample="stride"),
     dict(upsample="transpose", norm="none"),
     dict(num_levels=3, deep_supervision=True, in_channels=2),
     dict(num_levels=1, deep_supervision=True),
@@ -249,6 +330,8 @@ def test_functional_jit_and_nnx_jit_match_eager():
     (dict(norm="batch"), "norm"),
     (dict(activation="tanh"), "activation"),
     (dict(upsample="nearest"), "upsample"),
+    (dict(downsample="avgpool"), "downsample"),
+    (dict(conv_impl="fft"), "conv_impl"),
     (dict(deep_supervision="yes"), "deep_supervision"),
     (dict(remat=None), "remat"),
     (dict(dtype=jnp.int32), "dtype"),

@@ -9,14 +9,15 @@ from labelset_jax.models.unet3d import UNet3D, count_params, reference_unet, sma
 
 __all__ = ["UNet3D", "count_params", "reference_unet", "small_unet", "create_model"]
 
-_FIELDS = ("num_levels", "base_features", "max_features", "norm", "activation", "upsample",
-           "deep_supervision", "remat", "in_channels")
+_FIELDS = ("num_levels", "base_features", "max_features", "norm", "activation", "upsample", "downsample",
+           "deep_supervision", "remat", "conv_impl", "in_channels")
 
 
 def create_model(model_config, *, num_classes: int, rngs: nnx.Rngs) -> UNet3D:
     """A U-Net from ``config.model``: ``preset`` ("small" or "reference") plus explicit fields
     (``num_levels``, ``base_features``, ``max_features``, ``norm``, ``activation``, ``upsample``,
-    ``deep_supervision``, ``remat``, ``dtype`` as a name such as ``"bfloat16"``)."""
+    ``downsample``, ``deep_supervision``, ``remat``, ``conv_impl``, ``dtype`` as a name such as
+    ``"bfloat16"``)."""
     preset = model_config.get("preset", "small")
     builders = {"small": small_unet, "reference": reference_unet}
     if preset not in builders:

@@ -1,14 +1,15 @@
 """A channels-last 3D U-Net in ``flax.nnx``.
 
-The reference architecture of the label-set study (Fidon et al., MICCAI 2021, SPEC §4) is an
-nnU-Net-like design, which :class:`UNet3D` implements with a few switches:
+The reference architecture of the label-set study (Fidon et al., MICCAI 2021, see
+docs/theory.md §4) is a 3D U-Net, which :class:`UNet3D` implements with a few switches:
 
 * ``num_levels`` resolution levels with ``min(base_features · 2^l, max_features)`` features at
   level ``l`` (30, 60, 120, 240, 320 for the reference);
 * every level of the encoder is a *stage* of two blocks ``conv 3³ → norm → activation``;
-  downsampling is done by the first convolution of levels ``l >= 1``, which has stride 2 (as in
-  nnU-Net; there is no pooling), so the coarsest level sees the input at ``1/2^(num_levels-1)``
-  of its size;
+  levels ``l >= 1`` first halve the resolution, either by ``2³`` max pooling before the stage
+  (``downsample="maxpool"``, the U-Net of the paper) or by giving the stage's first convolution
+  stride 2 (``downsample="stride"``, as in nnU-Net); the two have the same parameters. The
+  coarsest level sees the input at ``1/2^(num_levels-1)`` of its size;
 * the decoder upsamples ×2 either by trilinear interpolation followed by a ``1³`` convolution to
   the skip level's width (``upsample="trilinear"``, the reference) or by a ``2³`` stride-2
   transposed convolution (``upsample="transpose"``), concatenates the skip connection
@@ -29,6 +30,16 @@ Precision: parameters are always float32; ``dtype`` sets the computation type (e
 ``jnp.bfloat16``). Normalisation statistics are computed in float32 whatever ``dtype`` is, and the
 output logits are always float32.
 
+Convolution formulation (``conv_impl``; parameters and results are the same, up to float
+rounding): ``"native"`` gives XLA one 3-D convolution per layer; ``"folded"``
+(:func:`folded_conv_general_dilated`) computes a ``k³`` convolution as one 2-D convolution over
+``(H, W)`` whose input channels are the ``k`` depth taps stacked (depth folded into the batch),
+and a ``1³`` convolution as a matrix product. XLA:CPU runs 3-D convolutions, and above all the
+gradients of strided ones, in generic loops, but hands 2-D convolutions to a library (YNNPACK):
+on CPU the folded form makes a training step several times faster (benchmarks/RESULTS.md).
+``"auto"`` (default) is ``"folded"`` on CPU and ``"native"`` elsewhere (GPU libraries have 3-D
+convolutions).
+
 Memory: ``remat=True`` rematerialises each stage (its two conv blocks) in the backward pass with
 ``nnx.remat``, so only the stage inputs are kept for the backward pass. Outputs and gradients are
 unchanged.
@@ -36,9 +47,9 @@ unchanged.
 Spatial sizes: each of ``D, H, W`` must be divisible by ``2^(num_levels-1)`` (checked when the
 model is called, with a ``ValueError``).
 
-Parameter counts (``count_params``): :func:`reference_unet` with 9 classes has 14,242,019
-parameters (15,044,219 with ``upsample="transpose"``); :func:`small_unet` with 9 classes has
-332,065.
+Parameter counts (``count_params``, the same for both ``downsample`` modes):
+:func:`reference_unet` with 9 classes has 14,242,019 parameters (15,044,219 with
+``upsample="transpose"``); :func:`small_unet` with 9 classes has 332,065.
 """
 
 from __future__ import annotations
@@ -65,6 +76,12 @@ NORMS = ("instance", "group", "none")
 UPSAMPLES = ("trilinear", "transpose")
 """The ×2 upsampling modes of the decoder."""
 
+DOWNSAMPLES = ("maxpool", "stride")
+"""The ×½ downsampling modes of the encoder: ``2³`` max pooling, or stride 2 in the first conv."""
+
+CONV_IMPLS = ("auto", "native", "folded")
+"""The convolution formulations (see the module docstring)."""
+
 GROUP_NORM_GROUPS = 8
 """Groups of ``norm="group"``: the largest divisor of the width that is at most this."""
 
@@ -86,6 +103,94 @@ def lecun_normal(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.
     return (flat * stddev).reshape(shape)
 
 
+def folded_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                                dimension_numbers=None, feature_group_count=1, precision=None,
+                                **kwargs) -> jax.Array:
+    r"""``jax.lax.conv_general_dilated`` for channels-last 3-D convolutions, computed as one 2-D
+    convolution (drop-in for ``nnx.Conv(conv_general_dilated=...)``).
+
+    With ``x [B, D, H, W, C]`` padded along ``D`` as the convolution pads it, a kernel
+    ``w [k_d, k_h, k_w, C, F]`` and depth stride ``s``,
+
+    .. math:: y[b, i] = \sum_{t < k_d} \mathrm{conv2d}_{(H, W)}\big(x[b, s i + t],\ w[t]\big)
+              = \mathrm{conv2d}_{(H, W)}\big(\Vert_t\, x[b, s i + t],\ \Vert_t\, w[t]\big)
+
+    (``Vert_t`` stacks along the channels): the depth taps become ``k_d · C`` input channels and
+    the output depth joins the batch, so XLA sees a 2-D convolution (and its gradients, 2-D
+    convolutions too). A ``1³`` kernel with stride 1 is a matrix product over the channels.
+    Anything else (other ranks or layouts, dilations, feature groups) goes to
+    ``jax.lax.conv_general_dilated`` unchanged.
+
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> x = jax.random.normal(jax.random.key(0), (1, 6, 5, 4, 2))
+    >>> w = jax.random.normal(jax.random.key(1), (3, 3, 3, 2, 3))
+    >>> dn = ("NDHWC", "DHWIO", "NDHWC")
+    >>> for stride in [(1, 1, 1), (2, 2, 2)]:
+    ...     y = folded_conv_general_dilated(x, w, stride, "SAME", dimension_numbers=dn)
+    ...     ref = jax.lax.conv_general_dilated(x, w, stride, "SAME", dimension_numbers=dn)
+    ...     print(y.shape, np.allclose(y, ref, atol=1e-4))
+    (1, 6, 5, 4, 3) True
+    (1, 3, 3, 2, 3) True
+    """
+    def native():
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
+    if lhs.ndim != 5:
+        return native()
+    dnums = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    channels_last = (dnums.lhs_spec == (0, 4, 1, 2, 3) and dnums.rhs_spec == (4, 3, 0, 1, 2)
+                     and dnums.out_spec == (0, 4, 1, 2, 3))
+    plain = (feature_group_count == 1 and all(d == 1 for d in (lhs_dilation or (1,)))
+             and all(d == 1 for d in (rhs_dilation or (1,))) and not kwargs.get("preferred_element_type"))
+    if not (channels_last and plain):
+        return native()
+    batch, depth, height, width, channels = lhs.shape
+    k_d, k_h, k_w, _, features = rhs.shape
+    strides = tuple(window_strides)
+    pads = (jax.lax.padtype_to_pads(lhs.shape[1:4], rhs.shape[:3], strides, padding)
+            if isinstance(padding, str) else [tuple(p) for p in padding])
+    if rhs.shape[:3] == (1, 1, 1) and strides == (1, 1, 1) and all(p == (0, 0) for p in pads):
+        y = jax.lax.dot_general(lhs, rhs.reshape(channels, features), (((4,), (0,)), ((), ())), precision=precision)
+        return y
+    x = jnp.pad(lhs, [(0, 0), pads[0], (0, 0), (0, 0), (0, 0)])
+    out_depth = (x.shape[1] - k_d) // strides[0] + 1
+    taps = [jax.lax.slice_in_dim(x, t, t + strides[0] * (out_depth - 1) + 1, strides[0], axis=1) for t in range(k_d)]
+    x = jnp.concatenate(taps, axis=-1) if k_d > 1 else taps[0]
+    x = x.reshape(batch * out_depth, height, width, k_d * channels)
+    kernel = jnp.moveaxis(rhs, 0, 2).reshape(k_h, k_w, k_d * channels, features)
+    y = jax.lax.conv_general_dilated(x, kernel, strides[1:], pads[1:], dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=precision)
+    return y.reshape(batch, out_depth, *y.shape[1:])
+
+
+def _conv_fn(impl: str):
+    """The ``conv_general_dilated`` of ``nnx.Conv`` for a :data:`CONV_IMPLS` entry."""
+    return folded_conv_general_dilated if impl == "folded" else (
+        _auto_conv_general_dilated if impl == "auto" else jax.lax.conv_general_dilated)
+
+
+def _auto_conv_general_dilated(*args, **kwargs):
+    """``"auto"``: folded on CPU, native elsewhere (decided when traced)."""
+    fn = folded_conv_general_dilated if jax.default_backend() == "cpu" else jax.lax.conv_general_dilated
+    return fn(*args, **kwargs)
+
+
+def max_pool_2(x: jax.Array) -> jax.Array:
+    """``2³`` max pooling with stride 2 of ``[B, D, H, W, C]`` (even ``D, H, W``).
+
+    Written as a reshape and a maximum over the window axes, so that the gradient is an
+    elementwise mask (XLA fuses it) rather than a ``select_and_scatter``; a window with tied
+    maxima shares the gradient equally among them.
+
+    >>> import jax.numpy as jnp
+    >>> max_pool_2(jnp.arange(8.0).reshape(1, 2, 2, 2, 1)).ravel().tolist()
+    [7.0]
+    """
+    b, d, h, w, c = x.shape
+    return x.reshape(b, d // 2, 2, h // 2, 2, w // 2, 2, c).max(axis=(2, 4, 6))
+
+
 def _num_groups(norm: str, features: int) -> int:
     """Channel groups of the normalisation of a ``features``-wide layer."""
     if norm == "instance":
@@ -97,13 +202,17 @@ def _num_groups(norm: str, features: int) -> int:
 
 
 class ConvBlock(nnx.Module):
-    """``conv 3³ (stride 1 or 2, "SAME" padding) → norm → activation``."""
+    """``conv 3³ (stride 1 or 2, one voxel of zero padding per side) → norm → activation``.
+
+    The padding keeps the size at stride 1 and halves even sizes at stride 2, with output voxel
+    ``i`` centred on input voxel ``2i`` (as PyTorch's ``padding=1``).
+    """
 
     def __init__(self, in_features: int, out_features: int, *, stride: int, norm: str, activation: str,
-                 dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(in_features, out_features, (3, 3, 3), strides=stride, padding="SAME",
+                 dtype: jnp.dtype, rngs: nnx.Rngs, conv_impl: str = "auto"):
+        self.conv = nnx.Conv(in_features, out_features, (3, 3, 3), strides=stride, padding=1,
                              use_bias=norm == "none", kernel_init=lecun_normal, dtype=dtype,
-                             param_dtype=jnp.float32, rngs=rngs)
+                             param_dtype=jnp.float32, conv_general_dilated=_conv_fn(conv_impl), rngs=rngs)
         if norm == "none":
             self.norm = None
         else:
@@ -130,16 +239,21 @@ _stage_forward_remat = nnx.remat(_stage_forward)
 
 
 class Stage(nnx.Module):
-    """Two conv blocks at one resolution level; the first may downsample (stride 2)."""
+    """Two conv blocks at one resolution level. ``downsample`` halves the resolution first:
+    ``"maxpool"`` (``2³`` max pooling before the blocks), ``"stride"`` (the first conv has
+    stride 2) or ``None``."""
 
-    def __init__(self, in_features: int, out_features: int, *, stride: int, norm: str, activation: str,
-                 dtype: jnp.dtype, remat: bool, rngs: nnx.Rngs):
-        kw = dict(norm=norm, activation=activation, dtype=dtype, rngs=rngs)
-        self.first = ConvBlock(in_features, out_features, stride=stride, **kw)
+    def __init__(self, in_features: int, out_features: int, *, downsample: str | None, norm: str,
+                 activation: str, dtype: jnp.dtype, remat: bool, conv_impl: str, rngs: nnx.Rngs):
+        kw = dict(norm=norm, activation=activation, dtype=dtype, conv_impl=conv_impl, rngs=rngs)
+        self.first = ConvBlock(in_features, out_features, stride=2 if downsample == "stride" else 1, **kw)
         self.second = ConvBlock(out_features, out_features, stride=1, **kw)
+        self.pool = downsample == "maxpool"
         self.remat = remat
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.pool:
+            x = max_pool_2(x)
         return (_stage_forward_remat if self.remat else _stage_forward)(self, x)
 
 
@@ -151,11 +265,12 @@ class Upsample(nnx.Module):
     transposed convolution with stride 2.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, mode: str, dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, out_features: int, *, mode: str, dtype: jnp.dtype, conv_impl: str,
+                 rngs: nnx.Rngs):
         self.mode = mode
         if mode == "trilinear":
             self.proj = nnx.Conv(in_features, out_features, (1, 1, 1), kernel_init=lecun_normal, dtype=dtype,
-                                 param_dtype=jnp.float32, rngs=rngs)
+                                 param_dtype=jnp.float32, conv_general_dilated=_conv_fn(conv_impl), rngs=rngs)
         else:
             self.proj = nnx.ConvTranspose(in_features, out_features, (2, 2, 2), strides=2,
                                           kernel_init=lecun_normal, dtype=dtype, param_dtype=jnp.float32,
@@ -198,6 +313,10 @@ class UNet3D(nnx.Module):
       activation: ``"leaky_relu"`` (negative slope 0.01, default), ``"relu"`` or ``"gelu"``.
       upsample: ``"trilinear"`` (interpolation + ``1³`` conv, the reference, default) or
         ``"transpose"`` (stride-2 transposed conv).
+      downsample: ``"maxpool"`` (``2³`` max pooling before the stage, the reference, default)
+        or ``"stride"`` (stride 2 in the stage's first conv); same parameters.
+      conv_impl: ``"auto"`` (default), ``"native"`` or ``"folded"``: how the convolutions are
+        written for XLA (module docstring); same parameters and results.
       deep_supervision: add a logits head to every decoder level (see Returns).
       remat: rematerialise each stage in the backward pass (less memory, same results).
       dtype: computation dtype, a floating type (parameters are always float32).
@@ -226,8 +345,8 @@ class UNet3D(nnx.Module):
 
     def __init__(self, *, num_classes: int, in_channels: int = 1, num_levels: int = 5, base_features: int = 30,
                  max_features: int = 320, norm: str = "instance", activation: str = "leaky_relu",
-                 upsample: str = "trilinear", deep_supervision: bool = False, remat: bool = False,
-                 dtype: DTypeLike = jnp.float32, rngs: nnx.Rngs):
+                 upsample: str = "trilinear", downsample: str = "maxpool", deep_supervision: bool = False,
+                 remat: bool = False, conv_impl: str = "auto", dtype: DTypeLike = jnp.float32, rngs: nnx.Rngs):
         _check_int("num_classes", num_classes, 1)
         _check_int("in_channels", in_channels, 1)
         _check_int("num_levels", num_levels, 1)
@@ -236,6 +355,8 @@ class UNet3D(nnx.Module):
         _check_choice("norm", norm, NORMS)
         _check_choice("activation", activation, ACTIVATIONS)
         _check_choice("upsample", upsample, UPSAMPLES)
+        _check_choice("downsample", downsample, DOWNSAMPLES)
+        _check_choice("conv_impl", conv_impl, CONV_IMPLS)
         _check_choice("deep_supervision", deep_supervision, (False, True))
         _check_choice("remat", remat, (False, True))
         try:
@@ -250,25 +371,28 @@ class UNet3D(nnx.Module):
         self.num_levels = int(num_levels)
         self.features = tuple(int(min(base_features * 2**level, max_features)) for level in range(num_levels))
         self.deep_supervision = bool(deep_supervision)
+        self.downsample = downsample
+        self.conv_impl = conv_impl
         self.dtype = dtype
 
         f = self.features
-        kw = dict(norm=norm, activation=activation, dtype=dtype, remat=bool(remat), rngs=rngs)
-        # encoder[l]: level l (stride 2 from level 1 on); encoder[-1] is the bottleneck.
+        kw = dict(norm=norm, activation=activation, dtype=dtype, remat=bool(remat), conv_impl=conv_impl, rngs=rngs)
+        # encoder[l]: level l (downsampled from level 1 on); encoder[-1] is the bottleneck.
         self.encoder = nnx.List(
-            [Stage(in_channels if l == 0 else f[l - 1], f[l], stride=1 if l == 0 else 2, **kw)
+            [Stage(in_channels if l == 0 else f[l - 1], f[l], downsample=None if l == 0 else downsample, **kw)
              for l in range(num_levels)]
         )
         # upsamples[l]: level l+1 -> level l; decoder[l]: the stage at level l after the concatenation.
         self.upsamples = nnx.List(
-            [Upsample(f[l + 1], f[l], mode=upsample, dtype=dtype, rngs=rngs) for l in range(num_levels - 1)]
+            [Upsample(f[l + 1], f[l], mode=upsample, dtype=dtype, conv_impl=conv_impl, rngs=rngs)
+             for l in range(num_levels - 1)]
         )
-        self.decoder = nnx.List([Stage(2 * f[l], f[l], stride=1, **kw) for l in range(num_levels - 1)])
+        self.decoder = nnx.List([Stage(2 * f[l], f[l], downsample=None, **kw) for l in range(num_levels - 1)])
         # heads[l]: logits at level l (only level 0 without deep supervision).
         num_heads = max(num_levels - 1, 1) if deep_supervision else 1
         self.heads = nnx.List(
             [nnx.Conv(f[l], num_classes, (1, 1, 1), kernel_init=lecun_normal, dtype=dtype, param_dtype=jnp.float32,
-                      rngs=rngs)
+                      conv_general_dilated=_conv_fn(conv_impl), rngs=rngs)
              for l in range(num_heads)]
         )
 
@@ -317,8 +441,9 @@ def count_params(model: nnx.Module) -> int:
 
 
 def reference_unet(num_classes: int = 9, *, rngs: nnx.Rngs, **overrides) -> UNet3D:
-    """The reference configuration (SPEC §4): 5 levels with 30, 60, 120, 240, 320 features,
-    instance norm, LeakyReLU 0.01, trilinear upsampling + ``1³`` conv, no deep supervision.
+    """The reference configuration (docs/theory.md §4): 5 levels with 30, 60, 120, 240, 320
+    features, ``2³`` max pooling, instance norm, LeakyReLU 0.01, trilinear upsampling + ``1³``
+    conv, no deep supervision.
 
     ``overrides`` are :class:`UNet3D` arguments replacing the reference ones. With 9 classes and
     one input channel the model has 14,242,019 parameters (the paper's "≈14 M").
@@ -330,7 +455,7 @@ def reference_unet(num_classes: int = 9, *, rngs: nnx.Rngs, **overrides) -> UNet
       (14242019, (30, 60, 120, 240, 320))
     """
     kw = dict(num_levels=5, base_features=30, max_features=320, norm="instance", activation="leaky_relu",
-              upsample="trilinear", deep_supervision=False)
+              upsample="trilinear", downsample="maxpool", deep_supervision=False)
     kw.update(overrides)
     return UNet3D(num_classes=num_classes, rngs=rngs, **kw)
 
