@@ -1,17 +1,18 @@
-"""Value-and-gradient speed and peak memory of the Dice/CE losses, as ratios against peers.
+"""Value-and-gradient time and peak memory of the losses, with ratios against peers.
 
 Peers measured in the same run, on the same data:
   * the memory floor: ``np.copy`` of the logits, i.e. read the logits and write a *new* array of
-    their size. Like every JAX function, a loss's gradient lands in a freshly allocated buffer,
-    whose pages the OS maps in (and zeroes) on first write; on this 2-core VM that costs about as
-    much as the copy itself, so the table also gives the ratio to a copy into an array allocated
-    (and touched) beforehand, ``np.copyto`` (the floor of earlier versions of this script);
-  * on CPU, the same losses through their pure-JAX path (the fused CPU kernels turned off);
+    their size (every JAX function writes its gradient into a freshly allocated buffer), and a copy
+    into an array allocated and touched beforehand, ``np.copyto``;
   * a textbook leaf-Dice under ``jax.jit(jax.value_and_grad(...))`` (plain autodiff, no custom VJP);
   * MONAI ``DiceLoss(softmax=True, squared_pred=True)`` forward+backward, when torch and monai are
-    importable (``pip install -e '.[bench]'``).
+    importable (``pip install -e '.[bench]'``); skipped otherwise.
+
+Peak memory is XLA's own account of the compiled value-and-gradient function (arguments + outputs +
+temporaries − aliased), divided by the size of the logits.
 
 Run: ``python benchmarks/bench_losses.py --shape 2,96,96,96,9`` (default). Prints a Markdown table.
+``--losses`` selects rows (e.g. to time another checkout of the package on ``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from labelset_jax import losses
-from labelset_jax.losses import _kernels
 from labelset_jax.labelsets import FETAL_BRAIN
 
 _SHAPE = flags.DEFINE_string("shape", "2,96,96,96,9", "logits shape B,D,H,W,C (C=9: fetal brain)")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "timed runs after warm-up (the median is reported)")
 _SEED = flags.DEFINE_integer("seed", 0, "data seed")
+_LOSSES = flags.DEFINE_list(
+    "losses", "leaf_dice,marginal_dice,marginal_cross_entropy,soft_dice,dice_semimetric,textbook,monai",
+    "rows to measure: loss names, 'textbook' (plain-autodiff leaf-Dice) and 'monai'")
 
 
 def median_time(fn, repeats: int) -> float:
@@ -64,73 +67,77 @@ def make_data(shape, seed):
     rng = np.random.default_rng(seed)
     logits = rng.normal(size=shape).astype(np.float32) * 3
     labels = rng.integers(0, FETAL_BRAIN.num_ids, size=shape[:-1]).astype(np.int32)
-    return logits, labels
+    soft = rng.dirichlet(np.full(shape[-1], 0.5), size=shape[:-1]).astype(np.float32)
+    return logits, labels, soft
+
+
+def monai_time(logits_np, labels_np, repeats):
+    """MONAI DiceLoss forward+backward on the same data, or None when torch/monai are missing."""
+    try:
+        import torch
+        from monai.losses import DiceLoss
+    except ImportError as e:
+        print(f"(MONAI peer skipped: {e})")
+        return None
+    num_classes = logits_np.shape[-1]
+    torch.set_num_threads(os.cpu_count() or 1)
+    x = torch.from_numpy(np.moveaxis(logits_np, -1, 1).copy()).requires_grad_(True)
+    one_hot = np.eye(num_classes, dtype=np.float32)[np.minimum(labels_np, num_classes - 1)]
+    y = torch.from_numpy(np.moveaxis(one_hot, -1, 1).copy())
+    dice = DiceLoss(softmax=True, squared_pred=True)
+
+    def step():
+        x.grad = None
+        dice(x, y).backward()
+
+    return median_time(step, repeats)
 
 
 def main(argv):
     del argv
     shape = tuple(int(s) for s in _SHAPE.value.split(","))
-    logits_np, labels_np = make_data(shape, _SEED.value)
+    logits_np, labels_np, soft_np = make_data(shape, _SEED.value)
     nbytes = logits_np.nbytes
-    logits, labels = jnp.asarray(logits_np), jnp.asarray(labels_np)
+    logits, labels, soft = jnp.asarray(logits_np), jnp.asarray(labels_np), jnp.asarray(soft_np)
     full_labels = jnp.asarray(np.minimum(labels_np, shape[-1] - 1))
     repeats = _REPEATS.value
+    space = FETAL_BRAIN
 
     floor = median_time(lambda: np.copy(logits_np), repeats)
     dst = np.empty_like(logits_np)
     warm_floor = median_time(lambda: np.copyto(dst, logits_np), repeats)
 
+    cases = {
+        "leaf_dice": (lambda z, g: losses.leaf_dice(z, g, label_space=space), labels),
+        "marginal_dice": (lambda z, g: losses.marginal_dice(z, g, label_space=space), labels),
+        "marginal_cross_entropy": (
+            lambda z, g: losses.marginal_cross_entropy(z, g, label_space=space), labels),
+        "soft_dice": (lambda z, g: losses.soft_dice(z, g), full_labels),
+        "dice_semimetric": (lambda z, t: losses.dice_semimetric(z, t), soft),
+        "textbook": (textbook_leaf_dice, labels),
+    }
+    names = {"textbook": "textbook leaf-Dice (plain autodiff)",
+             "dice_semimetric": "dice_semimetric (soft targets)"}
     rows = []
+    for key in _LOSSES.value:
+        if key not in cases:
+            continue
+        fn, second = cases[key]
+        compiled = jax.jit(jax.value_and_grad(fn)).lower(logits, second).compile()
+        t = median_time(lambda: jax.block_until_ready(compiled(logits, second)), repeats)
+        rows.append((names.get(key, key), t, peak_bytes(compiled)))
+    monai = monai_time(logits_np, labels_np, repeats) if "monai" in _LOSSES.value else None
 
-    def bench(name, loss_fn, lbl):
-        vg = jax.jit(jax.value_and_grad(loss_fn))
-        compiled = vg.lower(logits, lbl).compile()
-        t = median_time(lambda: jax.block_until_ready(compiled(logits, lbl)), repeats)
-        rows.append((name, t, peak_bytes(compiled)))
-
-    space = FETAL_BRAIN
-    cases = [
-        ("leaf_dice", lambda z, g: losses.leaf_dice(z, g, label_space=space), labels),
-        ("marginal_dice", lambda z, g: losses.marginal_dice(z, g, label_space=space), labels),
-        ("marginal_cross_entropy", lambda z, g: losses.marginal_cross_entropy(z, g, label_space=space), labels),
-        ("soft_dice", lambda z, g: losses.soft_dice(z, g), full_labels),
-    ]
-    kernels = _kernels.available() and jax.devices()[0].platform == "cpu"
-    for name, fn, lbl in cases:
-        bench(name + (" (CPU kernel)" if kernels else ""), fn, lbl)
-    if kernels:  # what the kernels bought: the same losses through the pure-JAX path
-        with _kernels.disabled():
-            for name, fn, lbl in cases:
-                bench(name + " (pure JAX)", fn, lbl)
-    bench("textbook leaf-Dice (plain autodiff)", textbook_leaf_dice, labels)
-
-    monai_time = None
-    try:
-        import torch
-        from monai.losses import DiceLoss
-
-        torch.set_num_threads(os.cpu_count() or 1)
-        x = torch.from_numpy(np.moveaxis(logits_np, -1, 1).copy()).requires_grad_(True)
-        y = torch.from_numpy(np.moveaxis(np.eye(shape[-1], dtype=np.float32)[np.minimum(labels_np, shape[-1] - 1)], -1, 1).copy())
-        dice = DiceLoss(softmax=True, squared_pred=True)
-
-        def monai_step():
-            x.grad = None
-            dice(x, y).backward()
-
-        monai_time = median_time(monai_step, repeats)
-    except ImportError as e:
-        print(f"(MONAI peer skipped: {e})")
-
-    print(f"\nlogits {shape} float32 = {nbytes / 2**20:.1f} MiB; jax {jax.__version__} on {jax.devices()[0].platform}")
+    print(f"\nlogits {shape} float32 = {nbytes / 2**20:.1f} MiB; jax {jax.__version__} on "
+          f"{jax.devices()[0].platform}; package {os.path.dirname(losses.__file__)}")
     print(f"memory floor (np.copy of the logits, new output array): {floor * 1e3:.1f} ms")
     print(f"copy into a preallocated array (np.copyto): {warm_floor * 1e3:.1f} ms")
-    if monai_time is not None:
-        print(f"MONAI DiceLoss(softmax, squared_pred) fwd+bwd: {monai_time * 1e3:.1f} ms")
+    if monai is not None:
+        print(f"MONAI DiceLoss(softmax, squared_pred) fwd+bwd: {monai * 1e3:.1f} ms")
     print("\n| loss (value+grad) | time (ms) | × floor | × np.copyto | MONAI ÷ this | peak memory ÷ logits |")
     print("|---|---|---|---|---|---|")
     for name, t, peak in rows:
-        vs_monai = f"{monai_time / t:.1f}" if monai_time is not None else "n/a"
+        vs_monai = f"{monai / t:.1f}" if monai is not None else "n/a"
         print(f"| {name} | {t * 1e3:.1f} | {t / floor:.2f} | {t / warm_floor:.2f} | {vs_monai} | "
               f"{peak / nbytes:.2f} |")
 

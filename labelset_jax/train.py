@@ -128,7 +128,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, label_space):
     """``(logits or list of deep-supervision logits, labels) -> scalar`` for the configured loss."""
     loss = losses.get_loss(config.loss)
     options = dict(config.get("loss_options", {}))
-    takes_space = config.loss in losses.LABEL_SET_LOSSES
+    takes_space = losses.takes_label_space(config.loss)
 
     def single(logits, labels):
         if takes_space:

@@ -1,4 +1,4 @@
-"""Float64 NumPy references of every loss, written from SPEC §2 independently of the library.
+"""Float64 NumPy references of every loss, written from docs/theory.md §2 independently of the library.
 
 Shapes: logits ``[B, N, C]`` (spatial flattened), labels ``[B, N]``; ``sets`` is the superset map
 ``{set_id: [leaves]}``. Every function returns per-sample losses ``[B]``.
@@ -15,16 +15,18 @@ def softmax(z):
     return e / e.sum(-1, keepdims=True)
 
 
-def members(label, num_classes, sets):
-    return [int(label)] if label < num_classes else list(sets[int(label)])
+def membership_table(num_classes, sets):
+    """M[k, c] = 1 if leaf c belongs to label id k (rows 0..C-1: the leaves themselves)."""
+    table = np.zeros((max([num_classes - 1, *sets]) + 1, num_classes))
+    table[np.arange(num_classes), np.arange(num_classes)] = 1.0
+    for set_id, leaves in sets.items():
+        table[set_id, list(leaves)] = 1.0
+    return table
 
 
 def membership_rows(labels, num_classes, sets):
     """m[b, i, c] = 1 if leaf c is in the label set of voxel i."""
-    m = np.zeros(labels.shape + (num_classes,))
-    for idx in np.ndindex(labels.shape):
-        m[idx + (members(labels[idx], num_classes, sets),)] = 1.0
-    return m
+    return membership_table(num_classes, sets)[np.asarray(labels)]
 
 
 def dice_loss(pred, target, *, squared=True, eps=1e-5, smooth_nr=0.0, include_background=True,
@@ -58,10 +60,23 @@ def generalized_dice_loss(pred, target, *, squared=False, eps=1e-5, smooth_nr=0.
     return np.broadcast_to(np.array(out), (pred.shape[0],))
 
 
+def dice_semimetric_loss(pred, target, *, eps=1e-5, smooth_nr=0.0, include_background=True,
+                         batch_dice=False, class_weights=None):
+    """1 - mean_c (|x|_1 + |y|_1 - |x - y|_1 + smooth_nr) / (|x|_1 + |y|_1 + eps), per class c."""
+    axes = (0, 1) if batch_dice else (1,)
+    l1_pred, l1_target = np.abs(pred).sum(axes), np.abs(target).sum(axes)
+    l1_diff = np.abs(pred - target).sum(axes)
+    dice = np.atleast_2d((l1_pred + l1_target - l1_diff + smooth_nr) / (l1_pred + l1_target + eps))
+    w = np.ones(pred.shape[-1]) if class_weights is None else np.asarray(class_weights, np.float64)
+    if not include_background:
+        dice, w = dice[:, 1:], w[1:]
+    loss = 1 - (dice * w).sum(-1) / w.sum()
+    return np.broadcast_to(loss, (pred.shape[0],))
+
+
 def cross_entropy(logits, labels, num_classes):
     p = softmax(logits)
-    b, n = labels.shape
-    return np.array([-np.mean([np.log(p[i, j, labels[i, j]]) for j in range(n)]) for i in range(b)])
+    return -np.log(np.take_along_axis(p, np.asarray(labels)[..., None], -1)[..., 0]).mean(-1)
 
 
 def focal(logits, labels, num_classes, gamma):
@@ -74,23 +89,23 @@ def soft_dice(logits, labels, num_classes, **options):
     return dice_loss(softmax(logits), np.eye(num_classes)[labels], **options)
 
 
+def leaf_targets(labels, num_classes):
+    """1[g_i = {c}]: one-hot on voxels labelled with a leaf, zero on set voxels."""
+    labels = np.asarray(labels)
+    return (labels[..., None] == np.arange(num_classes)).astype(np.float64)
+
+
 def leaf_dice(logits, labels, num_classes, sets, **options):
-    target = np.zeros(labels.shape + (num_classes,))
-    for idx in np.ndindex(labels.shape):
-        if labels[idx] < num_classes:
-            target[idx + (labels[idx],)] = 1.0
-    return dice_loss(softmax(logits), target, **options)
+    return dice_loss(softmax(logits), leaf_targets(labels, num_classes), **options)
 
 
 def marginal_maps(logits, labels, num_classes, sets):
-    """(Φ_g(p), Φ(g)) voxel by voxel, as SPEC §2.3 defines them."""
+    """(Φ_g(p), Φ(g)) voxel by voxel, as docs/theory.md §2.3 defines them."""
     p = softmax(logits)
-    phi_p, phi_t = p.copy(), np.zeros_like(p)
-    for idx in np.ndindex(labels.shape):
-        a = members(labels[idx], num_classes, sets)
-        phi_p[idx + (a,)] = p[idx + (a,)].sum() / len(a)
-        phi_t[idx + (a,)] = 1.0 / len(a)
-    return phi_p, phi_t
+    m = membership_rows(labels, num_classes, sets)
+    size = m.sum(-1, keepdims=True)
+    set_mass = (p * m).sum(-1, keepdims=True)
+    return np.where(m > 0, set_mass / size, p), m / size
 
 
 def marginal_dice(logits, labels, num_classes, sets, **options):
@@ -103,13 +118,27 @@ def soft_target_dice(logits, labels, num_classes, sets, **options):
 
 
 def marginal_cross_entropy(logits, labels, num_classes, sets):
-    p = softmax(logits)
-    out = np.zeros(labels.shape)
-    for idx in np.ndindex(labels.shape):
-        out[idx] = -np.log(p[idx + (members(labels[idx], num_classes, sets),)].sum())
-    return out.mean(-1)
+    """-mean_i log Σ_{c ∈ g_i} p_ic, with log-sum-exp over the set (exact for any logits)."""
+    z = np.asarray(logits, np.float64)
+    m = membership_rows(labels, num_classes, sets) > 0
+    top = z.max(-1, keepdims=True)
+    top_set = np.where(m, z, -np.inf).max(-1, keepdims=True)
+    lse = top[..., 0] + np.log(np.exp(z - top).sum(-1))
+    lse_set = top_set[..., 0] + np.log(np.exp(np.where(m, z - top_set, -np.inf)).sum(-1))
+    return (lse - lse_set).mean(-1)
 
 
 def marginal_focal(logits, labels, num_classes, sets, gamma):
     phi_p, phi_t = marginal_maps(logits, labels, num_classes, sets)
     return (-(phi_t * (1 - phi_p) ** gamma * np.log(phi_p)).sum(-1)).mean(-1)
+
+
+def numerical_gradient(fn, x, *, step=1e-6):
+    """Central differences of the float64 function ``fn`` (returning a scalar) at every entry of ``x``."""
+    x = np.asarray(x, np.float64)
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = step
+        grad[idx] = (fn(x + e) - fn(x - e)) / (2 * step)
+    return grad

@@ -1,4 +1,5 @@
-"""Losses: SPEC §2.5 reference values, float64 NumPy references, axioms, autodiff, edge cases."""
+"""Losses through the public API: docs/theory.md §2.5 reference values, float64 NumPy references
+(values and gradients), the axiom, autodiff, registries, edge cases and errors."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from hypothesis import given, settings, strategies as st
 
 from labelset_jax import losses
 from labelset_jax.labelsets import FETAL_BRAIN, LabelSpace
-from labelset_jax.losses import dice as dice_module
 from tests import reference_losses as ref
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
@@ -34,12 +34,18 @@ def random_case(seed, shape=(2, 4, 5, 3), space=SPACE, with_sets=True):
     return logits, labels
 
 
+def soft_targets(seed, shape):
+    """Random probability vectors over the last axis (some near-hard, some uniform-ish)."""
+    rng = np.random.default_rng(seed + 100)
+    return rng.dirichlet(np.full(shape[-1], 0.5), size=shape[:-1]).astype(np.float32)
+
+
 def flat(logits, labels):
     b = logits.shape[0]
     return np.asarray(logits, np.float64).reshape(b, -1, logits.shape[-1]), np.asarray(labels).reshape(b, -1)
 
 
-# ----------------------------------------------------------------------------- SPEC §2.5
+# ----------------------------------------------------------------------------- docs/theory.md §2.5
 class TestReferenceValues:
     space4 = LabelSpace.from_superset_map(4, {4: [2, 3]})
     labels4 = jnp.array([[[0, 0, 0, 0], [0, 1, 1, 0], [0, 4, 4, 0], [0, 0, 0, 0]]])
@@ -109,6 +115,22 @@ class TestAgainstNumpy:
         ours = losses.soft_target_dice(logits, labels, label_space=SPACE, reduction="none", **options)
         self.check(ours, ref.soft_target_dice(*flat(logits, labels), 5, SETS, **options))
 
+    def test_soft_dice_with_soft_targets(self, seed, options):
+        logits, _ = random_case(seed, with_sets=False)
+        targets = soft_targets(seed, logits.shape)
+        ours = losses.soft_dice(logits, targets, reduction="none", **options)
+        z, t = flat(logits, targets[..., 0])[0], targets.reshape(2, -1, 5).astype(np.float64)
+        self.check(ours, ref.dice_loss(ref.softmax(z), t, **options))
+
+    def test_dice_semimetric(self, seed, options):
+        if "squared" in options:
+            pytest.skip("the Dice semimetric loss has no squared form")
+        logits, _ = random_case(seed, with_sets=False)
+        targets = soft_targets(seed, logits.shape)
+        ours = losses.dice_semimetric(logits, targets, reduction="none", **options)
+        z, t = flat(logits, targets[..., 0])[0], targets.reshape(2, -1, 5).astype(np.float64)
+        self.check(ours, ref.dice_semimetric_loss(ref.softmax(z), t, **options))
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 class TestOtherLossesAgainstNumpy:
@@ -164,16 +186,14 @@ def test_cross_entropy_matches_optax():
 
 
 # ----------------------------------------------------------------------------- marginalization
-def marginalize_generic(loss):
-    """marginalize() through the generic path (log Φ_g(p), Φ(g)) instead of the fused one."""
-    return losses.marginalize(loss, fused=False)
-
-
+@pytest.mark.parametrize("options", [{}, {"squared": False, "batch_dice": True}], ids=["default", "linear,batch"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fused_marginal_dice_equals_generic_marginalize(seed):
+def test_marginal_dice_equals_marginalized_soft_dice(seed, options):
+    """The fused marginal Dice and the generic transform applied to soft_dice: values and gradients."""
     logits, labels = random_case(seed)
-    fused = functools.partial(losses.marginal_dice, labels=labels, label_space=SPACE)
-    generic = functools.partial(marginalize_generic(losses.soft_dice), labels=labels, label_space=SPACE)
+    fused = functools.partial(losses.marginal_dice, labels=labels, label_space=SPACE, **options)
+    generic = functools.partial(losses.marginalize(losses.soft_dice), labels=labels, label_space=SPACE,
+                                **options)
     np.testing.assert_allclose(fused(logits), generic(logits), rtol=1e-5)
     np.testing.assert_allclose(jax.grad(fused)(logits), jax.grad(generic)(logits), rtol=1e-4, atol=1e-7)
 
@@ -181,33 +201,154 @@ def test_fused_marginal_dice_equals_generic_marginalize(seed):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_marginalized_cross_entropy_is_marginal_ce_plus_log_set_size(seed):
     logits, labels = random_case(seed)
-    generic = marginalize_generic(losses.cross_entropy)(logits, labels, label_space=SPACE, reduction="none")
-    fused = losses.marginalize(losses.cross_entropy)(logits, labels, label_space=SPACE, reduction="none")
+    generic = losses.marginalize(losses.cross_entropy)(logits, labels, label_space=SPACE, reduction="none")
     marginal = losses.marginal_cross_entropy(logits, labels, label_space=SPACE, reduction="none")
     log_size = np.log(SPACE.set_sizes[labels]).reshape(2, -1).mean(-1)
     np.testing.assert_allclose(generic, marginal + log_size, rtol=1e-5)
-    np.testing.assert_allclose(fused, generic, rtol=1e-5)
+    grad = lambda f: jax.grad(lambda z: f(z, labels, label_space=SPACE))(logits)
+    np.testing.assert_allclose(grad(losses.marginal_cross_entropy),
+                               grad(losses.marginalize(losses.cross_entropy)), rtol=1e-4, atol=1e-7)
 
 
-def test_custom_vjp_matches_plain_autodiff():
-    logits, labels = random_case(4)
-    for prediction, target in [("softmax", "leaf"), ("marginal", "uniform"), ("softmax", "uniform")]:
-        for batch_dice in (False, True):
-            spec = dice_module._DiceSpec(space=SPACE, prediction=prediction, target=target,
-                                         batch_dice=batch_dice, class_weights=(1, 2, 3, 4, 5))
+def test_marginalize_names_and_checks():
+    marginal_generalized = losses.marginalize(losses.generalized_dice)
+    assert marginal_generalized.__name__ == "marginal_generalized_dice"
+    logits, labels = random_case(3)
+    with pytest.raises(ValueError, match=r"marginalize\(generalized_dice\).*label id"):
+        marginal_generalized(logits, np.full_like(labels, 9), label_space=SPACE)
 
-            def plain(z, spec=spec):
-                sums = dice_module._class_sums(*dice_module._voxel_maps(z, labels, spec), spec)
-                return jnp.sum(dice_module._loss_from_sums(*sums, spec, 2) * jnp.array([1.0, 3.0]))
 
-            def custom(z, spec=spec):
-                return jnp.sum(dice_module._dice_core(z, labels, spec) * jnp.array([1.0, 3.0]))
+# ----------------------------------------------------------------------------- gradients vs float64
+def weighted(per_sample):
+    """A scalar that weights the two samples differently (tests the cotangent of each sample)."""
+    return per_sample[0] + 3.0 * per_sample[1]
 
-            np.testing.assert_allclose(jax.grad(custom)(logits), jax.grad(plain)(logits), rtol=1e-4, atol=1e-7)
+
+DICE_REFERENCES = {
+    "soft_dice": (losses.soft_dice, lambda z, g, **o: ref.soft_dice(z, g, 5, **o)),
+    "generalized_dice": (losses.generalized_dice, lambda z, g, **o: ref.generalized_dice_loss(
+        ref.softmax(z), np.eye(5)[g], **o)),
+    "leaf_dice": (losses.leaf_dice, lambda z, g, **o: ref.leaf_dice(z, g, 5, SETS, **o)),
+    "marginal_dice": (losses.marginal_dice, lambda z, g, **o: ref.marginal_dice(z, g, 5, SETS, **o)),
+    "soft_target_dice": (losses.soft_target_dice, lambda z, g, **o: ref.soft_target_dice(z, g, 5, SETS, **o)),
+    "dice_semimetric": (losses.dice_semimetric, lambda z, g, **o: ref.dice_semimetric_loss(
+        ref.softmax(z), np.eye(5)[g], **o)),
+}
+GRADIENT_OPTIONS = [
+    {},
+    {"squared": False},
+    {"include_background": False, "smooth_nr": 1e-2},
+    {"batch_dice": True},
+    {"class_weights": [0.5, 1.0, 2.0, 1.0, 0.0]},
+]
+
+
+@pytest.mark.parametrize("options", GRADIENT_OPTIONS, ids=lambda o: ",".join(o) or "default")
+@pytest.mark.parametrize("name", sorted(DICE_REFERENCES))
+def test_dice_gradients_match_float64_finite_differences(name, options):
+    """The closed-form gradient of every Dice loss against central differences of its reference."""
+    if name == "generalized_dice" and "class_weights" in options:
+        pytest.skip("generalized_dice has no class weights")
+    if name == "dice_semimetric" and "squared" in options:
+        pytest.skip("the Dice semimetric loss has no squared form")
+    loss, reference = DICE_REFERENCES[name]
+    takes_sets = losses.takes_label_space(name)
+    logits, labels = random_case(20, shape=(2, 3, 2), with_sets=takes_sets)
+    kwargs = {"label_space": SPACE} if takes_sets else {}
+    ours = jax.grad(lambda z: weighted(loss(z, labels, reduction="none", **kwargs, **options)))(logits)
+    z, g = flat(logits, labels)
+    want = ref.numerical_gradient(lambda z: weighted(reference(z, g, **options)), z)
+    np.testing.assert_allclose(np.asarray(ours).reshape(want.shape), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{}, {"squared": False}, {"batch_dice": True}, {"include_background": False}],
+                         ids=lambda o: ",".join(o) or "default")
+@pytest.mark.parametrize("name", ["soft_dice", "generalized_dice", "dice_semimetric"])
+def test_soft_target_gradients_match_float64_finite_differences(name, options):
+    """With soft targets, both the logits' and the targets' gradients (e.g. for distillation)."""
+    if name == "dice_semimetric" and "squared" in options:
+        pytest.skip("the Dice semimetric loss has no squared form")
+    loss = getattr(losses, name)
+    reference = {"soft_dice": ref.dice_loss, "generalized_dice": ref.generalized_dice_loss,
+                 "dice_semimetric": ref.dice_semimetric_loss}[name]
+    logits, _ = random_case(21, shape=(2, 3, 2), with_sets=False)
+    targets = soft_targets(21, logits.shape)
+    d_logits, d_targets = jax.grad(lambda z, t: weighted(loss(z, t, reduction="none", **options)),
+                                   argnums=(0, 1))(logits, targets)
+    z, t = logits.reshape(2, -1, 5), targets.reshape(2, -1, 5)
+    want_z = ref.numerical_gradient(lambda z: weighted(reference(ref.softmax(z), t.astype(np.float64), **options)), z)
+    want_t = ref.numerical_gradient(lambda t: weighted(reference(ref.softmax(z), t, **options)), t)
+    np.testing.assert_allclose(np.asarray(d_logits).reshape(want_z.shape), want_z, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(d_targets).reshape(want_t.shape), want_t, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [3.0, 30.0])
+def test_marginal_cross_entropy_gradient_matches_float64_finite_differences(scale):
+    logits, labels = random_case(22, shape=(2, 3, 2))
+    logits = logits * (scale / 3.0)
+    ours = jax.grad(lambda z: weighted(losses.marginal_cross_entropy(z, labels, label_space=SPACE,
+                                                                     reduction="none")))(logits)
+    z, g = flat(logits, labels)
+    want = ref.numerical_gradient(lambda z: weighted(ref.marginal_cross_entropy(z, g, 5, SETS)), z)
+    np.testing.assert_allclose(np.asarray(ours).reshape(want.shape), want, rtol=1e-4, atol=1e-6)
+
+
+def test_marginal_cross_entropy_is_exact_for_huge_logits():
+    """With logits of ±1e4 a set's probability underflows float32: log-sum-exp over the set."""
+    logits, labels = random_case(2)
+    logits = np.sign(logits) * 1e4
+    ours = losses.marginal_cross_entropy(logits, labels, label_space=SPACE, reduction="none")
+    np.testing.assert_allclose(ours, ref.marginal_cross_entropy(*flat(logits, labels), 5, SETS), rtol=1e-5)
+    grads = jax.grad(lambda z: losses.marginal_cross_entropy(z, labels, label_space=SPACE))(logits)
+    assert np.isfinite(grads).all()
+
+
+def test_ignore_label_gives_zero_marginal_ce_loss_and_gradient():
+    logits, labels = random_case(3, shape=(1, 37))
+    labels[0, :20] = SPACE.ignore_id
+    value = losses.marginal_cross_entropy(logits[:, :20], labels[:, :20], label_space=SPACE)
+    assert float(value) == 0.0
+    grad = jax.grad(lambda z: losses.marginal_cross_entropy(z, labels, label_space=SPACE))(logits)
+    np.testing.assert_array_equal(np.asarray(grad[0, :20]), 0.0)
+    assert np.abs(grad[0, 20:]).max() > 0
+
+
+# ----------------------------------------------------------------------------- the Dice semimetric
+@pytest.mark.parametrize("options", [{}, {"include_background": False}, {"batch_dice": True},
+                                     {"class_weights": [0.5, 1.0, 2.0, 1.0, 0.0]}],
+                         ids=lambda o: ",".join(o) or "default")
+@SETTINGS
+@given(seed=st.integers(0, 2**16))
+def test_dice_semimetric_is_linear_soft_dice_for_hard_labels(options, seed):
+    logits, labels = random_case(seed, with_sets=False)
+    a = losses.dice_semimetric(logits, labels, reduction="none", **options)
+    b = losses.soft_dice(logits, labels, squared=False, reduction="none", **options)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    one_hot = np.eye(5, dtype=np.float32)[labels]  # the same as soft targets that are hard
+    np.testing.assert_allclose(losses.dice_semimetric(logits, one_hot, reduction="none", **options), a,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_dice_semimetric_is_minimal_at_the_soft_targets():
+    """Zero exactly when the prediction equals the soft targets (its minimum, as the loss is >= 0);
+    the soft Dice is not minimised there: a gradient step away from the targets lowers it."""
+    targets = soft_targets(4, (2, 6, 5))
+    at_targets = np.log(targets)
+    loss = lambda z: losses.dice_semimetric(z, targets, eps=0.0)
+    assert float(loss(at_targets)) == pytest.approx(0.0, abs=1e-6)
+    grad = jax.grad(loss)(jnp.asarray(at_targets))
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        assert float(loss(at_targets + 0.1 * rng.normal(size=targets.shape))) > 1e-4
+    assert np.isfinite(np.asarray(grad)).all()
+    soft = lambda z: losses.soft_dice(z, targets, squared=False, eps=0.0)
+    soft_grad = jax.grad(soft)(jnp.asarray(at_targets))
+    assert float(jnp.abs(soft_grad).max()) > 1e-3
+    assert float(soft(at_targets - 0.5 * soft_grad)) < float(soft(at_targets)) - 1e-4
 
 
 # ----------------------------------------------------------------------------- the axiom (hypothesis)
-LABEL_SET_LOSSES = {
+MARGINAL_LOSSES = {
     "marginal_cross_entropy": losses.marginal_cross_entropy,
     "marginal_dice": losses.marginal_dice,
     "marginal_focal": losses.marginal_focal,
@@ -238,31 +379,34 @@ def redistribute_inside_sets(logits, labels, space, seed):
     return np.log(np.maximum(q, 1e-30)).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", sorted(LABEL_SET_LOSSES))
+@pytest.mark.parametrize("name", sorted(MARGINAL_LOSSES))
 @SETTINGS
 @given(case=cases())
 def test_axiom_marginal_losses(name, case):
     logits, labels, seed = case
-    loss = LABEL_SET_LOSSES[name]
+    loss = MARGINAL_LOSSES[name]
     other = redistribute_inside_sets(logits, labels, SPACE, seed)
     a = loss(logits, labels, label_space=SPACE, reduction="none")
     b = loss(other, labels, label_space=SPACE, reduction="none")
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("name", sorted(losses.LABEL_SET_LOSSES))
 @SETTINGS
 @given(case=cases(), absent=st.sets(st.integers(1, 4), min_size=2, max_size=4))
-def test_axiom_leaf_dice_with_missing_labels(case, absent):
-    """Equal leaf-Dice for predictions differing inside sets that hold only leaves absent from
-    the image."""
+def test_axiom_of_every_label_set_loss_with_missing_labels(name, case, absent):
+    """Every registered label-set loss gives equal values for predictions differing inside sets
+    that hold only leaves absent from the image (leaf-Dice's premise; the marginal losses satisfy
+    the axiom without it, above)."""
     logits, labels, seed = case
     absent = sorted(absent)
     space, set_id = LabelSpace.leaves(5).with_set(absent)
     present = [c for c in range(5) if c not in absent]
     labels = np.where(np.isin(labels, present), labels, set_id).astype(np.int32)
     other = redistribute_inside_sets(logits, labels, space, seed)
-    a = losses.leaf_dice(logits, labels, label_space=space, reduction="none")
-    b = losses.leaf_dice(other, labels, label_space=space, reduction="none")
+    loss = losses.LABEL_SET_LOSSES[name]
+    a = loss(logits, labels, label_space=space, reduction="none")
+    b = loss(other, labels, label_space=space, reduction="none")
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
@@ -295,32 +439,19 @@ def test_soft_target_dice_is_not_a_label_set_loss():
 
 
 # ----------------------------------------------------------------------------- autodiff and edge cases
-ALL_LABEL_SET = {
-    "leaf_dice": losses.leaf_dice,
-    "marginal_dice": losses.marginal_dice,
-    "marginal_cross_entropy": losses.marginal_cross_entropy,
-    "marginal_focal": losses.marginal_focal,
-    "leaf_dice_ce": losses.leaf_dice_ce,
-    "soft_target_dice": losses.soft_target_dice,
-}
-ALL_CLASSICAL = {
-    "cross_entropy": losses.cross_entropy,
-    "focal": losses.focal,
-    "soft_dice": losses.soft_dice,
-    "generalized_dice": losses.generalized_dice,
-    "dice_ce": losses.dice_ce,
-}
+ALL_LOSSES = {**losses.CLASSICAL_LOSSES, **losses.LABEL_SET_LOSSES, **losses.BASELINE_LOSSES}
+TAKES_SETS = sorted(n for n in ALL_LOSSES if losses.takes_label_space(n))
 
 
 def call(name, logits, labels, **kw):
-    if name in ALL_LABEL_SET:
-        return ALL_LABEL_SET[name](logits, labels, label_space=SPACE, **kw)
-    return ALL_CLASSICAL[name](logits, labels, **kw)
+    if losses.takes_label_space(name):
+        return ALL_LOSSES[name](logits, labels, label_space=SPACE, **kw)
+    return ALL_LOSSES[name](logits, labels, **kw)
 
 
-@pytest.mark.parametrize("name", sorted(ALL_LABEL_SET) + sorted(ALL_CLASSICAL))
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
 def test_jit_vmap_grad(name):
-    logits, labels = random_case(6, with_sets=name in ALL_LABEL_SET)
+    logits, labels = random_case(6, with_sets=losses.takes_label_space(name))
     eager = call(name, logits, labels, reduction="none")
     jitted = jax.jit(lambda z, g: call(name, z, g, reduction="none"))(logits, labels)
     np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-6)
@@ -336,16 +467,16 @@ def test_jit_vmap_grad(name):
     assert float(jnp.vdot(grads, direction)) == pytest.approx(fd, rel=2e-2, abs=2e-4)
 
 
-@pytest.mark.parametrize("name", sorted(ALL_LABEL_SET) + sorted(ALL_CLASSICAL))
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
 @pytest.mark.parametrize("scale", [1e4, -1e4])
 def test_finite_for_extreme_logits(name, scale):
-    logits, labels = random_case(7, with_sets=name in ALL_LABEL_SET)
+    logits, labels = random_case(7, with_sets=losses.takes_label_space(name))
     logits = np.sign(logits) * scale
     value, grads = jax.value_and_grad(lambda z: call(name, z, labels))(jnp.asarray(logits))
     assert np.isfinite(value) and np.all(np.isfinite(grads))
 
 
-@pytest.mark.parametrize("name", sorted(ALL_LABEL_SET))
+@pytest.mark.parametrize("name", TAKES_SETS)
 def test_image_of_one_set_and_empty_classes(name):
     logits, _ = random_case(8)
     labels = np.full(logits.shape[:-1], 6, np.int32)  # every voxel in {1, 2, 3, 4}; leaf 0 absent
@@ -376,11 +507,39 @@ def test_leaf_dice_on_fetal_brain_space_sees_set_voxels_in_the_denominator():
     np.testing.assert_allclose(value, expected, rtol=1e-5)
 
 
-def test_bfloat16_logits_give_float32_loss_and_bf16_grads():
+@pytest.mark.parametrize("name", ["leaf_dice", "marginal_dice", "marginal_cross_entropy"])
+def test_bfloat16_logits_give_float32_loss_and_bf16_grads(name):
     logits, labels = random_case(11)
     z = jnp.asarray(logits, jnp.bfloat16)
-    value, grads = jax.value_and_grad(lambda z: losses.leaf_dice(z, labels, label_space=SPACE))(z)
+    value, grads = jax.value_and_grad(lambda z: call(name, z, labels))(z)
     assert value.dtype == jnp.float32 and grads.dtype == jnp.bfloat16
+    want = jax.grad(lambda z: call(name, z, labels))(jnp.asarray(z, jnp.float32))  # same logits in f32
+    np.testing.assert_allclose(np.asarray(grads, np.float32), want, rtol=2e-2, atol=2e-2 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("name", ["leaf_dice", "marginal_dice", "marginal_cross_entropy", "soft_dice"])
+def test_non_finite_logits_give_a_non_finite_loss(name, bad):
+    """A diverged network must show up as a non-finite loss (training stops on it); a logit of
+    -inf is a probability of 0, which is fine (test_finite_for_extreme_logits)."""
+    logits, labels = random_case(14, with_sets=losses.takes_label_space(name))
+    logits[0, 1, 2, 0, 1] = bad
+    value = call(name, logits, labels, reduction="none")
+    assert not np.isfinite(value[0]) and np.isfinite(value[1]), value
+
+
+@pytest.mark.parametrize("num_classes", [2, 16, 17, 32])
+def test_many_classes_against_float64(num_classes):
+    space = LabelSpace.from_superset_map(num_classes, {num_classes: list(range(num_classes))})
+    rng = np.random.default_rng(num_classes)
+    logits = rng.normal(scale=3.0, size=(2, 300, num_classes)).astype(np.float32)
+    labels = rng.integers(0, space.num_ids, size=(2, 300)).astype(np.int32)
+    sets, z = space.to_superset_map(), logits.astype(np.float64)
+    for name, want in [("leaf_dice", ref.leaf_dice(z, labels, num_classes, sets)),
+                       ("marginal_dice", ref.marginal_dice(z, labels, num_classes, sets)),
+                       ("marginal_cross_entropy", ref.marginal_cross_entropy(z, labels, num_classes, sets))]:
+        ours = getattr(losses, name)(logits, labels, label_space=space, reduction="none")
+        np.testing.assert_allclose(ours, want, rtol=1e-5, err_msg=name)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -408,10 +567,19 @@ def test_unknown_ids_and_shapes_are_rejected():
         losses.soft_dice(logits, np.minimum(labels, 4), class_weights=[1.0, 2.0])
 
 
-def test_get_loss():
+def test_registries_get_loss_and_takes_label_space():
+    assert "soft_target_dice" not in losses.LABEL_SET_LOSSES  # a baseline, not a label-set loss
+    assert losses.get_loss("soft_target_dice") is losses.soft_target_dice
     assert losses.get_loss("marginal_dice") is losses.marginal_dice
-    with pytest.raises(ValueError, match="unknown loss"):
-        losses.get_loss("dice")
+    assert losses.get_loss("dice_semimetric") is losses.CLASSICAL_LOSSES["dice_semimetric"]
+    names = [set(r) for r in (losses.CLASSICAL_LOSSES, losses.LABEL_SET_LOSSES, losses.BASELINE_LOSSES)]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    assert all(losses.takes_label_space(n) for n in names[1] | names[2])
+    assert not any(losses.takes_label_space(n) for n in names[0])
+    assert all(hasattr(losses, n) for n in set.union(*names)) and not hasattr(losses, "marginal_dice_fused")
+    for fn in (losses.get_loss, losses.takes_label_space):
+        with pytest.raises(ValueError, match="unknown loss"):
+            fn("dice")
 
 
 def test_losses_module_imports_only_jax_and_numpy():

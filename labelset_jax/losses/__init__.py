@@ -7,25 +7,30 @@ compatible with ``jax.jit``, ``jax.vmap`` and ``jax.grad``. Options are keyword-
 
 This package imports only ``jax`` and ``numpy``.
 
-Classical losses (full segmentations; integer labels or soft targets):
+Classical losses (:data:`CLASSICAL_LOSSES`; full segmentations, integer labels or soft targets):
   :func:`cross_entropy`, :func:`focal`, :func:`soft_dice`, :func:`generalized_dice`,
-  :func:`dice_ce`.
+  :func:`dice_ce`, :func:`dice_semimetric`.
 
-Label-set losses (partial segmentations):
-  :func:`marginalize` (the transform), :func:`marginal_cross_entropy`, :func:`marginal_focal`,
-  :func:`marginal_dice`, :func:`leaf_dice`, :func:`leaf_dice_ce`; and the baseline
-  :func:`soft_target_dice`, which is *not* a label-set loss.
+Label-set losses (:data:`LABEL_SET_LOSSES`; partial segmentations):
+  :func:`marginal_cross_entropy`, :func:`marginal_focal`, :func:`marginal_dice`, :func:`leaf_dice`,
+  :func:`leaf_dice_ce`; and :func:`marginalize`, the transform that makes a label-set loss of any
+  classical loss.
+
+Baselines (:data:`BASELINE_LOSSES`; take label sets but are *not* label-set losses):
+  :func:`soft_target_dice`.
 """
 
 from labelset_jax.losses.classification import cross_entropy, focal
 from labelset_jax.losses.combined import dice_ce, leaf_dice_ce
-from labelset_jax.losses.dice import generalized_dice, leaf_dice, soft_dice, soft_target_dice
-from labelset_jax.losses.marginal import (
-    marginal_cross_entropy,
+from labelset_jax.losses.dice import (
+    dice_semimetric,
+    generalized_dice,
+    leaf_dice,
     marginal_dice,
-    marginal_focal,
-    marginalize,
+    soft_dice,
+    soft_target_dice,
 )
+from labelset_jax.losses.marginal import marginal_cross_entropy, marginal_focal, marginalize
 
 __all__ = [
     "cross_entropy",
@@ -33,6 +38,7 @@ __all__ = [
     "soft_dice",
     "generalized_dice",
     "dice_ce",
+    "dice_semimetric",
     "marginalize",
     "marginal_cross_entropy",
     "marginal_focal",
@@ -40,38 +46,59 @@ __all__ = [
     "leaf_dice",
     "leaf_dice_ce",
     "soft_target_dice",
-    "LABEL_SET_LOSSES",
     "CLASSICAL_LOSSES",
+    "LABEL_SET_LOSSES",
+    "BASELINE_LOSSES",
     "get_loss",
+    "takes_label_space",
 ]
 
-#: Classical losses by name (full segmentations only).
+#: Classical losses by name: full segmentations (integer leaf ids) or soft targets.
 CLASSICAL_LOSSES = {
     "cross_entropy": cross_entropy,
     "focal": focal,
     "soft_dice": soft_dice,
     "generalized_dice": generalized_dice,
     "dice_ce": dice_ce,
+    "dice_semimetric": dice_semimetric,
 }
 
-#: Losses that take label sets, by name (``soft_target_dice`` is the non-label-set baseline).
+#: Label-set losses by name: they satisfy the label-set axiom (docs/theory.md §2.2) and take a
+#: ``label_space``.
 LABEL_SET_LOSSES = {
     "marginal_cross_entropy": marginal_cross_entropy,
     "marginal_focal": marginal_focal,
     "marginal_dice": marginal_dice,
     "leaf_dice": leaf_dice,
     "leaf_dice_ce": leaf_dice_ce,
+}
+
+#: Baselines for comparisons: they take label sets and a ``label_space`` but are not label-set losses.
+BASELINE_LOSSES = {
     "soft_target_dice": soft_target_dice,
 }
 
 
 def get_loss(name: str):
-    """The loss function called ``name`` (a key of ``CLASSICAL_LOSSES`` or ``LABEL_SET_LOSSES``).
+    """The loss function called ``name``, from any of the three registries.
 
     >>> get_loss("leaf_dice").__name__
     'leaf_dice'
     """
-    losses = {**CLASSICAL_LOSSES, **LABEL_SET_LOSSES}
+    losses = {**CLASSICAL_LOSSES, **LABEL_SET_LOSSES, **BASELINE_LOSSES}
     if name not in losses:
         raise ValueError(f"unknown loss {name!r}; known: {sorted(losses)}")
     return losses[name]
+
+
+def takes_label_space(name: str) -> bool:
+    """Whether the loss called ``name`` needs ``label_space=`` (it reads label-set ids).
+
+    True for label-set losses and baselines; the classical losses take it only optionally (to
+    reject set ids).
+
+    >>> takes_label_space("marginal_dice"), takes_label_space("soft_target_dice"), takes_label_space("soft_dice")
+    (True, True, False)
+    """
+    get_loss(name)  # raises on an unknown name
+    return name in LABEL_SET_LOSSES or name in BASELINE_LOSSES

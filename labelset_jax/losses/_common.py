@@ -1,11 +1,12 @@
-"""Shared plumbing of the loss functions: input checks, the label-set maps, reductions.
+"""Shared plumbing of the loss functions: input checks, the label-set maps, voxel loops, reductions.
 
-The label-set maps of SPEC §2.3 live here, once, as functions of the membership rows ``m = M[g]``
-and set sizes ``|g|`` gathered per voxel; every loss module builds on them.
+The label-set maps of docs/theory.md §1 and §2.3 live here, once, as functions of the membership
+rows ``m = M[g]`` and set sizes ``|g|`` gathered per voxel; every loss module builds on them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -85,13 +86,16 @@ def is_soft(logits: Array, targets: Array) -> bool:
     return jnp.issubdtype(targets.dtype, jnp.floating) and targets.ndim == logits.ndim
 
 
+def check_reduction(reduction: str, *, fn: str) -> None:
+    """Raises unless ``reduction`` is ``"mean"`` or ``"none"`` (called before any work)."""
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"{fn}: reduction must be 'mean' or 'none', got {reduction!r}")
+
+
 def reduce_loss(per_sample: Array, reduction: str, *, fn: str) -> Array:
     """``"mean"``: the batch mean (a scalar); ``"none"``: the ``[B]`` per-sample losses."""
-    if reduction == "mean":
-        return jnp.mean(per_sample)
-    if reduction == "none":
-        return per_sample
-    raise ValueError(f"{fn}: reduction must be 'mean' or 'none', got {reduction!r}")
+    check_reduction(reduction, fn=fn)
+    return jnp.mean(per_sample) if reduction == "mean" else per_sample
 
 
 def flatten_spatial(x: Array, *, channels: bool) -> Array:
@@ -103,9 +107,13 @@ def flatten_spatial(x: Array, *, channels: bool) -> Array:
 
 # --------------------------------------------------------------------------- the label-set maps
 def gather_sets(labels: Array, space: LabelSpace) -> tuple[Array, Array]:
-    """Per voxel, the membership row ``m = M[g]`` (float ``[..., C]``) and ``|g|`` (``[..., 1]``)."""
+    """Per voxel, the membership row ``m = M[g]`` (float ``[..., C]``) and ``|g|`` (``[..., 1]``).
+
+    Ids that name nothing (gaps between set ids, only reachable under ``jit`` where labels are not
+    validated) get an empty row and size 1, so that every map below stays finite.
+    """
     m = jnp.asarray(space.membership, jnp.float32)[labels]
-    size = jnp.asarray(space.set_sizes, jnp.float32)[labels][..., None]
+    size = jnp.asarray(np.maximum(space.set_sizes, 1), jnp.float32)[labels][..., None]
     return m, size
 
 
@@ -114,17 +122,20 @@ def uniform_targets(m: Array, size: Array) -> Array:
     return m / size
 
 
-def leaf_targets(m: Array, size: Array) -> Array:
-    """``1[g = {c}]``: one-hot on voxels annotated with a single leaf, zero on set voxels."""
-    return m * (size == 1)
+def leaf_targets(labels: Array, num_classes: int) -> Array:
+    """``1[g = {c}]`` as float ``[..., C]``: one-hot on leaf voxels, zero on set voxels.
+
+    A comparison with the leaf ids, no gather: set ids are ``>= C`` and no label set is a single
+    leaf, so ``g = c`` exactly when the voxel is annotated with the singleton ``{c}``.
+    """
+    return (labels[..., None] == jnp.arange(num_classes, dtype=labels.dtype)).astype(jnp.float32)
 
 
 def channel_sum(x: Array) -> Array:
-    """``Σ_c x[..., c]`` with keepdims, unrolled over the static channel axis.
+    """``Σ_c x[..., c]`` with keepdims, written as a sum of the ``C`` channel slices.
 
-    Same value as ``jnp.sum(x, axis=-1, keepdims=True)``; written as a sum of the ``C`` channel
-    slices so that XLA emits one elementwise pass (a minor-axis reduce over a short axis is slow on
-    XLA:CPU).
+    Same value as ``jnp.sum(x, axis=-1, keepdims=True)``; the unrolled form stays one elementwise
+    expression that every XLA backend fuses into its consumer.
     """
     total = x[..., 0]
     for c in range(1, x.shape[-1]):
@@ -141,6 +152,27 @@ def channel_logsumexp(z: Array) -> Array:
     return zmax + jnp.log(channel_sum(jnp.exp(z - zmax)))
 
 
+def set_logsumexp(z: Array, m: Array) -> Array:
+    """``log Σ_{c ∈ g} exp(z_c)`` with keepdims, over the leaves of each voxel's set (``m > 0``).
+
+    Stable like :func:`channel_logsumexp`, and for a set of all leaves (the ignore label) the
+    same arithmetic, hence bit-for-bit the same value.
+    """
+    zs = jnp.where(m > 0, z, -jnp.inf)
+    zmax = zs[..., 0]
+    for c in range(1, z.shape[-1]):
+        zmax = jnp.maximum(zmax, zs[..., c])
+    zmax = jax.lax.stop_gradient(zmax[..., None])
+    zmax = jnp.where(zmax > -jnp.inf, zmax, 0.0)  # an empty row: log 0 = -inf, not NaN
+    return zmax + jnp.log(channel_sum(jnp.exp(zs - zmax)))
+
+
+def softmax(z: Array) -> Array:
+    """``softmax(z)`` over the channels, in float32, from :func:`channel_logsumexp`."""
+    z = z.astype(jnp.float32)
+    return jnp.exp(z - channel_logsumexp(z))
+
+
 def marginal_probs(probs: Array, m: Array, size: Array) -> Array:
     """``Φ_g(p)``: the probability of each voxel's set spread evenly over its leaves.
 
@@ -154,11 +186,70 @@ def marginal_probs(probs: Array, m: Array, size: Array) -> Array:
 
 def marginal_log_probs(log_probs: Array, m: Array, size: Array) -> Array:
     """``log Φ_g(p)`` computed stably: ``logsumexp`` over the set minus ``log |g|`` in the set."""
-    log_set_mass = jax.nn.logsumexp(log_probs, axis=-1, where=m > 0, keepdims=True)
-    return jnp.where(m > 0, log_set_mass - jnp.log(size), log_probs)
+    return jnp.where(m > 0, set_logsumexp(log_probs, m) - jnp.log(size), log_probs)
 
 
-def set_log_likelihood(logits: Array, m: Array) -> Array:
-    """``log Σ_{c ∈ g} p_c`` = ``logsumexp`` of the logits over the set minus over all leaves."""
-    z = logits.astype(jnp.float32)
-    return jax.nn.logsumexp(z, axis=-1, where=m > 0) - jax.nn.logsumexp(z, axis=-1)
+# --------------------------------------------------------------------------- loops over voxels
+# The fused losses (the Dice core, the marginal cross-entropy) visit the voxels in chunks of about
+# _CHUNK_ELEMENTS logits, in a `lax.fori_loop`: whatever per-voxel temporaries a backend chooses
+# to materialise (XLA:CPU writes the inputs of its reductions to memory) then exist for one chunk
+# at a time, so value and gradient need the arguments, the gradient and O(chunk) more memory on
+# every backend. Within a chunk everything is dense: gathers of membership rows, elementwise maps,
+# reductions over the voxel and channel axes.
+_CHUNK_ELEMENTS = 2**21
+
+
+def _chunking(batch: int, num_voxels: int, num_channels: int) -> tuple[int, int]:
+    """``(n, k)``: voxels per chunk and number of chunks (the last one may overlap its predecessor)."""
+    n = max(1, min(num_voxels, _CHUNK_ELEMENTS // max(1, batch * num_channels)))
+    return n, -(-num_voxels // n)
+
+
+def _slice_voxels(operands: Sequence[Array], start, n: int) -> list[Array]:
+    return [jax.lax.dynamic_slice_in_dim(x, start, n, axis=1) for x in operands]
+
+
+def sum_over_voxels(fn: Callable[..., Any], *operands: Array) -> Any:
+    """``Σ_chunks fn(*chunks, weight)`` for operands ``[B, N, ...]`` sliced along the voxel axis.
+
+    ``fn`` returns a pytree of per-sample partial sums over the voxels of its chunk (shapes without
+    the voxel axis). ``weight`` is ``None`` when every voxel of the chunk counts, else a float
+    ``[n, 1]`` mask to multiply the per-voxel terms with (the last chunk is aligned to the end of
+    the volume and overlaps its predecessor, whose voxels it must not count twice).
+    """
+    batch, num_voxels = operands[0].shape[:2]
+    num_channels = operands[0].shape[2] if operands[0].ndim > 2 else 1
+    n, k = _chunking(batch, num_voxels, num_channels)
+    last_start = num_voxels - n
+    overlap = (k - 1) * n - last_start
+    weight = None if overlap == 0 else (jnp.arange(n) >= overlap).astype(jnp.float32)[:, None]
+    last = fn(*_slice_voxels(operands, last_start, n), weight)
+    if k == 1:
+        return last
+
+    def body(i, total):
+        return jax.tree.map(jnp.add, total, fn(*_slice_voxels(operands, i * n, n), None))
+
+    return jax.lax.fori_loop(0, k - 1, body, last)
+
+
+def map_over_voxels(fn: Callable[..., Array], out: jax.ShapeDtypeStruct, *operands: Array) -> Array:
+    """``fn(*chunks)`` for every chunk of the voxel axis, written into one ``out``-shaped array.
+
+    ``operands`` are ``[B, N, ...]`` arrays sliced along the voxel axis; ``fn`` maps their chunks
+    to a ``[B, n, ...]`` chunk of the result and must act voxel by voxel (the last chunk is aligned
+    to the end of the volume and rewrites the voxels it shares with its predecessor, with the same
+    values).
+    """
+    batch, num_voxels = operands[0].shape[:2]
+    num_channels = operands[0].shape[2] if operands[0].ndim > 2 else 1
+    n, k = _chunking(batch, num_voxels, num_channels)
+    if k == 1:
+        return fn(*operands).astype(out.dtype)
+
+    def body(i, result):
+        start = jnp.minimum(i * n, num_voxels - n)
+        chunk = fn(*_slice_voxels(operands, start, n)).astype(out.dtype)
+        return jax.lax.dynamic_update_slice_in_dim(result, chunk, start, axis=1)
+
+    return jax.lax.fori_loop(0, k, body, jnp.zeros(out.shape, out.dtype))

@@ -1,29 +1,27 @@
-r"""Dice losses: soft Dice, generalized Dice, leaf-Dice, and the soft-target Dice baseline.
+r"""The Dice losses: soft Dice, generalized Dice, the Dice semimetric loss, leaf-Dice, marginal Dice,
+and the soft-target Dice baseline.
 
 Every Dice variant is a function of three per-class sums over the voxels of a sample,
 
 .. math::
-  S^{pt}_c = \sum_i \hat p_{ic} t_{ic}, \qquad
+  S^{pt}_c = \sum_i \iota(\hat p_{ic}, t_{ic}), \qquad
   S^{pp}_c = \sum_i \hat p_{ic}^\alpha, \qquad
   S^{tt}_c = \sum_i t_{ic}^\alpha,
 
-where ``p̂`` is a per-voxel map of the softmax (the softmax itself, or ``Φ_g(p)`` for marginal Dice)
-and ``t`` a per-voxel target (one-hot, the leaf indicator ``1[g_i = {c}]`` for leaf-Dice, or the
-uniform set target ``Φ(g)``). The soft Dice per class is
-``(2 S^pt_c + smooth_nr) / (S^pp_c + S^tt_c + eps)``.
+where ``p̂`` is a per-voxel map of the softmax (the softmax itself, or ``Φ_g(p)`` for marginal
+Dice), ``t`` a per-voxel target (the one-hot ``1[g_i = c]`` of leaf ids, which is zero on set voxels
+and so is also leaf-Dice's target; the uniform set target ``Φ(g)``; or given soft targets), and the
+intersection ``ι(p̂, t)`` is the product ``p̂ t`` (soft Dice) or ``min(p̂, t)`` (the Dice
+semimetric). The Dice per class is ``(2 S^pt_c + smooth_nr) / (S^pp_c + S^tt_c + eps)``.
 
-**The Dice core** (:func:`_dice_core`) computes the sums in one pass over the logits and has a
-``jax.custom_vjp``: the gradient with respect to ``p̂`` is closed-form,
-``∂L/∂p̂_ic = a_c t_ic + b_c α p̂_ic^{α-1}`` with ``a = ∂L/∂S^pt`` and ``b = ∂L/∂S^pp`` taken on the
-tiny ``[B, C]`` sums, and the per-voxel maps are recomputed from the logits in the backward pass
-instead of being stored. Value and gradient then cost two reads of the logits and one write, and
-no ``[B, *spatial, C]`` intermediate outlives a pass.
-
-On CPU both passes run as fused kernels (:mod:`labelset_jax.losses._kernels`: one C++ loop per
-pass over the logits, evaluating the same maps from the membership matrix); on other platforms,
-or when the kernels are not built, as the pure-JAX functions below, which XLA fuses. Both paths
-are tested against each other and against float64 NumPy references (``benchmarks/RESULTS.md``
-has the timings).
+**The Dice core** computes the three sums with a ``jax.custom_vjp`` whose backward pass is
+closed-form: with ``a, b, c`` the derivatives of the loss with respect to ``S^pt, S^pp, S^tt``
+(taken by ``jax.vjp`` on the tiny ``[B, C]`` sums),
+``∂L/∂p̂_ic = a_c ∂ι/∂p̂ + b_c α p̂_ic^{α-1}``, mapped through ``Φ_g`` (its own adjoint) for marginal
+Dice and through the softmax Jacobian to the logits. The residuals are the inputs and the sums;
+the backward pass recomputes the softmax. Both passes visit the voxels in chunks
+(``_common.sum_over_voxels`` / ``map_over_voxels``), each chunk a dense computation from gathered
+membership rows, so that no temporary of the logits' size is ever needed.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from labelset_jax.labelsets import LabelSpace
-from labelset_jax.losses import _common, _kernels
+from labelset_jax.losses import _common
 
 Array = jax.Array
 
@@ -48,7 +46,8 @@ class _DiceSpec:
 
     space: LabelSpace
     prediction: str  # "softmax" | "marginal"  (p̂ = p or Φ_g(p))
-    target: str  # "onehot" | "leaf" | "uniform"  (t = one-hot, 1[g={c}], Φ(g))
+    target: str  # "onehot" | "uniform" | "soft"  (t = 1[g = c], Φ(g), or given soft targets)
+    intersection: str = "product"  # "product" | "min"  (ι(p̂, t) = p̂ t or min(p̂, t))
     squared: bool = True
     eps: float = 1e-5
     smooth_nr: float = 0.0
@@ -56,35 +55,6 @@ class _DiceSpec:
     batch_dice: bool = False
     class_weights: tuple[float, ...] | None = None
     generalized: bool = False
-
-
-def _targets(m: Array, size: Array, spec: _DiceSpec) -> Array:
-    """``t`` from the membership rows: the leaf indicator or ``Φ(g)`` (one-hot on leaves)."""
-    if spec.target == "leaf":
-        return _common.leaf_targets(m, size)
-    return _common.uniform_targets(m, size)  # "onehot" (labels are leaves) or "uniform"
-
-
-def _voxel_maps(logits: Array, labels: Array, spec: _DiceSpec) -> tuple[Array, Array]:
-    """``(p̂, t)``, both float32 ``[B, N, C]``, from the label-set maps of ``_common``."""
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    m, size = _common.gather_sets(labels, spec.space)
-    if spec.prediction == "marginal":
-        probs = _common.marginal_probs(probs, m, size)
-    targets = _targets(m, size, spec)
-    return _common.flatten_spatial(probs, channels=True), _common.flatten_spatial(targets, channels=True)
-
-
-def _class_sums(pred: Array, targets: Array, spec: _DiceSpec) -> tuple[Array, Array, Array]:
-    """The per-class sums ``S^pt, S^pp, S^tt``: ``[B, C]``, or ``[1, C]`` for batch Dice."""
-    axes = (0, 1) if spec.batch_dice else (1,)
-    power = (lambda x: x * x) if spec.squared else (lambda x: x)
-    s_pt = jnp.sum(pred * targets, axis=axes)
-    s_pp = jnp.sum(power(pred), axis=axes)
-    s_tt = jnp.sum(power(targets), axis=axes)
-    if spec.batch_dice:
-        s_pt, s_pp, s_tt = s_pt[None], s_pp[None], s_tt[None]
-    return s_pt, s_pp, s_tt
 
 
 def _loss_from_sums(s_pt: Array, s_pp: Array, s_tt: Array, spec: _DiceSpec, batch: int) -> Array:
@@ -111,13 +81,64 @@ def _loss_from_sums(s_pt: Array, s_pp: Array, s_tt: Array, spec: _DiceSpec, batc
     return jnp.broadcast_to(loss, (batch,))
 
 
-def _core_maps(logits: Array, labels: Array, spec: _DiceSpec):
-    """``(p, p̂, t, m, size)`` as ``[B, N, C]`` / ``[B, N, 1]`` arrays for the Dice core."""
-    z = _common.flatten_spatial(logits, channels=True).astype(jnp.float32)
-    m, size = _common.gather_sets(_common.flatten_spatial(labels, channels=False), spec.space)
-    probs = jnp.exp(z - _common.channel_logsumexp(z))
+# ------------------------------------------------------------------------------- the Dice core
+def _chunk_maps(z: Array, labels: Array, spec: _DiceSpec):
+    """``(p, p̂, t, m, |g|)`` for one chunk of voxels (``m, |g|``: ``None`` unless gathered)."""
+    probs = _common.softmax(z)
+    if spec.target == "soft":
+        return probs, probs, labels.astype(jnp.float32), None, None
+    if spec.target == "onehot":
+        return probs, probs, _common.leaf_targets(labels, z.shape[-1]), None, None
+    m, size = _common.gather_sets(labels, spec.space)
     pred = _common.marginal_probs(probs, m, size) if spec.prediction == "marginal" else probs
-    return probs, pred, _targets(m, size, spec), m, size
+    return probs, pred, _common.uniform_targets(m, size), m, size
+
+
+def _power(x: Array, spec: _DiceSpec) -> Array:
+    return x * x if spec.squared else x
+
+
+def _chunk_sums(z: Array, labels: Array, weight: Array | None, *, spec: _DiceSpec):
+    """``(S^pt, S^pp, S^tt)`` of one chunk, each ``[B, C]`` (``weight``: the voxels that count)."""
+    _, pred, t, _, _ = _chunk_maps(z, labels, spec)
+    inter = jnp.minimum(pred, t) if spec.intersection == "min" else pred * t
+    terms = (inter, _power(pred, spec), _power(t, spec))
+    if weight is not None:
+        terms = tuple(x * weight for x in terms)
+    return tuple(jnp.sum(x, axis=1) for x in terms)
+
+
+def _d_intersection(x: Array, y: Array, spec: _DiceSpec) -> Array:
+    """``∂ι(x, y)/∂x`` (for ``min``: 1 where ``x < y``, ½ at ties, as ``jnp.minimum``'s autodiff)."""
+    if spec.intersection == "min":
+        return jnp.where(x < y, 1.0, jnp.where(x == y, 0.5, 0.0))
+    return y
+
+
+def _chunk_grad(z: Array, labels: Array, a: Array, b: Array, *, spec: _DiceSpec) -> Array:
+    r"""``∂L/∂z`` of one chunk from ``a = ∂L/∂S^pt`` and ``b = ∂L/∂S^pp`` (``[B, 1, C]``).
+
+    * ``d = ∂L/∂p̂ = a ∂ι/∂p̂ + b α p̂^{α-1}`` per voxel;
+    * marginal Dice: ``∂L/∂p = Φ_g(d)``, since ``Φ_g`` is a symmetric linear map (its own adjoint);
+    * softmax Jacobian: ``∂L/∂z_c = p_c (d_c - Σ_{c'} p_{c'} d_{c'})``.
+    """
+    probs, pred, t, m, size = _chunk_maps(z, labels, spec)
+    d = a * _d_intersection(pred, t, spec) + (2.0 * b * pred if spec.squared else b)
+    if spec.prediction == "marginal":
+        d = _common.marginal_probs(d, m, size)
+    return probs * (d - _common.channel_sum(probs * d))
+
+
+def _chunk_target_grad(z: Array, t: Array, a: Array, c: Array, *, spec: _DiceSpec) -> Array:
+    """``∂L/∂t`` of one chunk of soft targets from ``a`` and ``c = ∂L/∂S^tt`` (``[B, 1, C]``)."""
+    probs = _common.softmax(z)
+    t = t.astype(jnp.float32)
+    return a * _d_intersection(t, probs, spec) + (2.0 * c * t if spec.squared else c)
+
+
+def _flat(logits: Array, labels: Array, spec: _DiceSpec) -> tuple[Array, Array]:
+    z = _common.flatten_spatial(logits, channels=True)
+    return z, _common.flatten_spatial(labels, channels=spec.target == "soft")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -126,173 +147,40 @@ def _dice_core(logits: Array, labels: Array, spec: _DiceSpec) -> Array:
     return _dice_core_fwd(logits, labels, spec)[0]
 
 
-def _kernel_mode(spec: _DiceSpec) -> dict:
-    """The CPU kernels' flags for ``spec`` (one-hot and uniform targets are both ``m / |g|``)."""
-    return dict(marginal=spec.prediction == "marginal", leaf=spec.target == "leaf", squared=spec.squared)
-
-
-def _sums_kernel(logits, labels, *, spec):
-    return _kernels.dice_sums(logits, labels, spec.space, **_kernel_mode(spec))
-
-
-def _sums_jax(logits, labels, *, spec):
-    """Per-sample ``(S^pt, S^pp, S^tt)``, each ``[B, C]``, in pure JAX."""
-    if _is_leaf_target(spec):
-        return _leaf_sums(logits, labels, spec)
-    _, pred, targets, _, _ = _core_maps(logits, labels, spec)
-    return _class_sums(pred, targets, dataclasses.replace(spec, batch_dice=False))
-
-
-def _batch_sums(sums, spec):
-    """Batch Dice adds the per-sample sums over the batch (``[1, C]``)."""
-    if spec.batch_dice:
-        return tuple(jnp.sum(s, axis=0, keepdims=True) for s in sums)
-    return sums
-
-
 def _dice_core_fwd(logits, labels, spec):
-    sums = _kernels.on_cpu(functools.partial(_sums_kernel, spec=spec),
-                           functools.partial(_sums_jax, spec=spec), logits, labels)
-    sums = _batch_sums(sums, spec)
+    sums = _common.sum_over_voxels(functools.partial(_chunk_sums, spec=spec), *_flat(logits, labels, spec))
+    if spec.batch_dice:  # batch Dice adds the per-sample sums over the batch: [1, C]
+        sums = tuple(jnp.sum(s, axis=0, keepdims=True) for s in sums)
     # Residuals: the inputs and the [B, C] sums; the backward pass recomputes the softmax.
     return _loss_from_sums(*sums, spec, logits.shape[0]), (logits, labels, sums)
 
 
-def _sums_vjp(spec, residuals, g):
-    """``(a, b) = (∂L/∂S^pt, ∂L/∂S^pp)``, each ``[B, C]`` (batch Dice: the same row per sample)."""
-    logits, _, (s_pt, s_pp, s_tt) = residuals
-    batch, num_classes = logits.shape[0], logits.shape[-1]
-    _, sums_vjp = jax.vjp(lambda pt, pp: _loss_from_sums(pt, pp, s_tt, spec, batch), s_pt, s_pp)
-    a, b = sums_vjp(g)
-    return jnp.broadcast_to(a, (batch, num_classes)), jnp.broadcast_to(b, (batch, num_classes))
-
-
-def _grad_kernel(logits, labels, a, b, *, spec):
-    return _kernels.dice_grad(logits, labels, spec.space, a, b, **_kernel_mode(spec))
-
-
-def _grad_jax(logits, labels, a, b, *, spec):
-    r"""Closed-form ``∂L/∂logits`` in pure JAX, from ``a, b`` (``[B, C]``).
-
-    * ``d = ∂L/∂p̂ = a t + b α p̂^{α-1}`` per voxel;
-    * marginal Dice: ``∂L/∂p = Φ_g(d)``, since ``Φ_g`` is a symmetric linear map (its own adjoint);
-    * softmax Jacobian: ``∂L/∂z_c = p_c (d_c - Σ_{c'} p_{c'} d_{c'})``.
-    """
-    a, b = a[:, None], b[:, None]
-    if _is_leaf_target(spec):
-        return _leaf_grad(logits, labels, a, b, spec)
-    probs, pred, targets, m, size = _core_maps(logits, labels, spec)
-    d = a * targets + (2.0 * b * pred if spec.squared else b)
-    if spec.prediction == "marginal":
-        d = _common.marginal_probs(d, m, size)
-    d_logits = probs * (d - _common.channel_sum(probs * d))
-    return d_logits.reshape(logits.shape)
-
-
 def _dice_core_bwd(spec, residuals, g):
-    r"""Closed-form VJP of the Dice core: ``a = ∂L/∂S^pt`` and ``b = ∂L/∂S^pp`` by ``jax.vjp`` on
-    the tiny ``[B, C]`` sums, then one pass over the logits and labels (the fused CPU kernel, or
-    :func:`_grad_jax`) recomputes the softmax and writes the gradient; no ``[B, N, C]`` array is
-    kept from the forward pass.
-    """
-    logits, labels, _ = residuals
-    a, b = _sums_vjp(spec, residuals, g)
-    d_logits = _kernels.on_cpu(functools.partial(_grad_kernel, spec=spec),
-                               functools.partial(_grad_jax, spec=spec), logits, labels, a, b)
-    return d_logits.astype(logits.dtype), None
-
-
-# ------------------------------------------------------------- the leaf-target path of the core
-# For one-hot and leaf targets (soft Dice, leaf-Dice and the losses built on them) the target of a
-# voxel is the indicator of its label id, t_ic = 1[g_i = c] (set ids >= C never equal a leaf), so
-#   S^pt_c = Σ_{i: g_i = c} p_{i g_i},   S^tt_c = #{i: g_i = c},
-# sums of *one scalar per voxel* grouped by label id. Computing them that way, instead of as
-# [B, N, C] products reduced over voxels, avoids materialising a target map (XLA:CPU's reduction
-# fusions need their inputs in memory when they contain compares or gathers): 1.7× faster and
-# 30 % less peak memory on this CPU (benchmarks/RESULTS.md). Same values as the generic path (tested).
-
-_ID_CHUNK = 4096  # voxels per float32 partial sum in `_sums_by_id` (bounds rounding error)
-
-
-def _is_leaf_target(spec: _DiceSpec) -> bool:
-    return spec.prediction == "softmax" and spec.target in ("onehot", "leaf")
-
-
-def _sums_by_id(values: Array, labels: Array, num_ids: int) -> Array:
-    """``Σ_{i: g_i = k} values_i`` per sample: ``[B, N]`` -> ``[B, num_ids]``.
-
-    A segment sum into one bin per (sample, chunk of ``_ID_CHUNK`` voxels, id), then a tree sum over
-    the chunks, so that no float32 accumulator adds up more than ``_ID_CHUNK`` terms in sequence.
-    Ids outside ``[0, num_ids)`` land in a spare bin that is dropped.
-    """
-    batch, n = values.shape
-    chunks = -(-n // _ID_CHUNK)
-    pad = chunks * _ID_CHUNK - n
-    bins = num_ids + 1
-    labels = jnp.where((labels >= 0) & (labels < num_ids), labels, num_ids)
-    if pad:
-        values = jnp.pad(values, ((0, 0), (0, pad)))
-        labels = jnp.pad(labels, ((0, 0), (0, pad)), constant_values=num_ids)
-    offsets = bins * jnp.arange(batch * chunks, dtype=labels.dtype).reshape(batch, chunks, 1)
-    ids = labels.reshape(batch, chunks, _ID_CHUNK) + offsets
-    sums = jax.ops.segment_sum(values.reshape(-1), ids.reshape(-1), num_segments=batch * chunks * bins)
-    return jnp.sum(sums.reshape(batch, chunks, bins), axis=1)[:, :num_ids]
-
-
-def _leaf_maps(logits: Array, labels: Array):
-    """``(z, g, lse, q)``: flat logits and labels, the per-voxel lse and ``q_i = p_{i g_i}`` (0 on set
-    voxels), ``[B, N, C]`` / ``[B, N]``.
-
-    ``lse`` is a true reduction here (not the unrolled :func:`_common.channel_logsumexp`), which
-    XLA:CPU keeps in memory instead of re-deriving it inside every consumer (measured faster).
-    """
-    z = _common.flatten_spatial(logits, channels=True).astype(jnp.float32)
-    g = _common.flatten_spatial(labels, channels=False)
-    num_classes = z.shape[-1]
-    lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
-    z_g = jnp.take_along_axis(z, jnp.clip(g, 0, num_classes - 1)[..., None], axis=-1)[..., 0]
-    q = jnp.where(g < num_classes, jnp.exp(z_g - lse[..., 0]), 0.0)
-    return z, g, lse, q
-
-
-def _leaf_sums(logits, labels, spec):
-    """Per-sample sums ``[B, C]`` of the leaf-target path."""
-    z, g, lse, q = _leaf_maps(logits, labels)
-    num_classes = logits.shape[-1]
-    p = jnp.exp(z - lse)
-    s_pp = jnp.sum(p * p if spec.squared else p, axis=1)
-    s_pt = _sums_by_id(q, g, spec.space.num_ids)[:, :num_classes]
-    s_tt = _sums_by_id(jnp.ones_like(q), g, spec.space.num_ids)[:, :num_classes]  # t^α = t
-    return s_pt, s_pp, s_tt
-
-
-def _leaf_grad(logits, labels, a, b, spec):
-    r"""``∂L/∂z = p ⊙ (d − Σ_c p_c d_c)`` with ``d_c = α b_c p_c^{α-1} + a_c 1[g = c]``, where
-    ``Σ_c p_c d_c = α Σ_c b_c p_c^α + a_g q`` (``a, b``: ``[B, 1, C]``).
-    """
-    z, g, lse, q = _leaf_maps(logits, labels)
-    num_classes = logits.shape[-1]
-    a_g = jnp.take_along_axis(a[:, 0], jnp.clip(g, 0, num_classes - 1), axis=1)
-    p = jnp.exp(z - lse)
-    s = _common.channel_sum(2.0 * b * p * p if spec.squared else b * p) + (a_g * q)[..., None]
-    d_pred = 2.0 * b * p if spec.squared else b
-    hit = g[..., None] == jnp.arange(num_classes, dtype=g.dtype)
-    d_logits = p * (d_pred + jnp.where(hit, a, 0.0) - s)
-    return d_logits.reshape(logits.shape)
+    """Closed-form VJP: ``(a, b, c)`` by ``jax.vjp`` on the ``[B, C]`` sums, then one chunked pass
+    over the logits and labels that recomputes the maps and writes the gradient (and a second one
+    for the gradient of soft targets)."""
+    logits, labels, sums = residuals
+    batch, num_classes = logits.shape[0], logits.shape[-1]
+    _, sums_vjp = jax.vjp(lambda *s: _loss_from_sums(*s, spec, batch), *sums)
+    a, b, c = (jnp.broadcast_to(x, (batch, num_classes))[:, None] for x in sums_vjp(g))
+    z, flat_labels = _flat(logits, labels, spec)
+    d_logits = _common.map_over_voxels(
+        functools.partial(_chunk_grad, a=a, b=b, spec=spec),
+        jax.ShapeDtypeStruct(z.shape, logits.dtype), z, flat_labels)
+    d_labels = None
+    if spec.target == "soft":
+        d_labels = _common.map_over_voxels(
+            functools.partial(_chunk_target_grad, a=a, c=c, spec=spec),
+            jax.ShapeDtypeStruct(flat_labels.shape, labels.dtype), z, flat_labels).reshape(labels.shape)
+    return d_logits.reshape(logits.shape), d_labels
 
 
 _dice_core.defvjp(_dice_core_fwd, _dice_core_bwd)
 
 
-def _soft_target_dice_core(logits: Array, targets: Array, spec: _DiceSpec) -> Array:
-    """Dice of ``softmax(logits)`` against given soft targets (plain autodiff)."""
-    pred = _common.flatten_spatial(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), channels=True)
-    t = _common.flatten_spatial(targets.astype(jnp.float32), channels=True)
-    return _loss_from_sums(*_class_sums(pred, t, spec), spec, logits.shape[0])
-
-
-def _make_spec(space, prediction, target, *, squared, eps, smooth_nr, include_background,
-               batch_dice, class_weights, generalized, fn) -> _DiceSpec:
+# ------------------------------------------------------------------------------- front end
+def _make_spec(space, prediction, target, *, intersection="product", squared, eps, smooth_nr,
+               include_background, batch_dice, class_weights, generalized, fn) -> _DiceSpec:
     if class_weights is not None:
         if isinstance(class_weights, jax.core.Tracer):
             raise ValueError(f"{fn}: class_weights must be static (a sequence of floats), not traced")
@@ -306,29 +194,30 @@ def _make_spec(space, prediction, target, *, squared, eps, smooth_nr, include_ba
     if not include_background and space.num_classes < 2:
         raise ValueError(f"{fn}: include_background=False needs at least 2 classes")
     return _DiceSpec(
-        space=space, prediction=prediction, target=target, squared=bool(squared), eps=float(eps),
-        smooth_nr=float(smooth_nr), include_background=bool(include_background),
-        batch_dice=bool(batch_dice), class_weights=class_weights, generalized=generalized,
+        space=space, prediction=prediction, target=target, intersection=intersection,
+        squared=bool(squared), eps=float(eps), smooth_nr=float(smooth_nr),
+        include_background=bool(include_background), batch_dice=bool(batch_dice),
+        class_weights=class_weights, generalized=generalized,
     )
 
 
 def _dice_loss(logits, labels, *, label_space, reduction, fn, prediction, target, allow_sets,
-               generalized=False, squared=True, eps=1e-5, smooth_nr=0.0, include_background=True,
-               batch_dice=False, class_weights=None):
+               intersection="product", generalized=False, squared=True, eps=1e-5, smooth_nr=0.0,
+               include_background=True, batch_dice=False, class_weights=None):
     """Shared front end of the Dice losses: checks, static spec, core, reduction."""
+    options = dict(intersection=intersection, squared=squared, eps=eps, smooth_nr=smooth_nr,
+                   include_background=include_background, batch_dice=batch_dice,
+                   class_weights=class_weights, generalized=generalized, fn=fn)
     if _common.is_soft(logits, labels):
         if allow_sets:
             raise ValueError(f"{fn}: takes integer label ids (label sets), not soft targets")
         _common.check_soft_targets(logits, labels, fn=fn)
         space = label_space or LabelSpace.leaves(logits.shape[-1])
-        spec = _make_spec(space, prediction, target, squared=squared, eps=eps, smooth_nr=smooth_nr,
-                          include_background=include_background, batch_dice=batch_dice,
-                          class_weights=class_weights, generalized=generalized, fn=fn)
-        return _common.reduce_loss(_soft_target_dice_core(logits, labels, spec), reduction, fn=fn)
-    space = _common.check_inputs(logits, labels, label_space, fn=fn, allow_sets=allow_sets)
-    spec = _make_spec(space, prediction, target, squared=squared, eps=eps, smooth_nr=smooth_nr,
-                      include_background=include_background, batch_dice=batch_dice,
-                      class_weights=class_weights, generalized=generalized, fn=fn)
+        spec = _make_spec(space, "softmax", "soft", **options)
+    else:
+        space = _common.check_inputs(logits, labels, label_space, fn=fn, allow_sets=allow_sets)
+        spec = _make_spec(space, prediction, target, **options)
+    _common.check_reduction(reduction, fn=fn)
     return _common.reduce_loss(_dice_core(logits, labels, spec), reduction, fn=fn)
 
 
@@ -470,7 +359,7 @@ def leaf_dice(
     Returns:
       The loss, a scalar or ``[B]``.
 
-    Example (the reference values of SPEC §2.5):
+    Example (the reference values of docs/theory.md §2.5):
       >>> import jax.numpy as jnp
       >>> from labelset_jax.labelsets import LabelSpace
       >>> space = LabelSpace.from_superset_map(4, {4: [2, 3]})
@@ -484,8 +373,121 @@ def leaf_dice(
       Brain 3D MRI Parcellation*, MICCAI 2021, arXiv:2107.03846.
     """
     return _dice_loss(logits, labels, label_space=label_space, reduction=reduction, fn="leaf_dice",
-                      prediction="softmax", target="leaf", allow_sets=True, squared=squared,
+                      prediction="softmax", target="onehot", allow_sets=True, squared=squared,
                       eps=eps, smooth_nr=smooth_nr, include_background=include_background,
+                      batch_dice=batch_dice, class_weights=class_weights)
+
+
+def marginal_dice(
+    logits: Array,
+    labels: Array,
+    *,
+    label_space: LabelSpace,
+    squared: bool = True,
+    eps: float = 1e-5,
+    smooth_nr: float = 0.0,
+    include_background: bool = True,
+    batch_dice: bool = False,
+    class_weights: Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> Array:
+    r"""Marginal Dice: the soft Dice of ``(Φ_g(p), Φ(g))``, a label-set loss.
+
+    .. math::
+      \mathcal{L} = 1 - \frac{1}{C} \sum_c
+        \frac{2 \sum_i \Phi(g)_{ic}\, \Phi_g(p)_{ic}}
+             {\sum_i \Phi_g(p)_{ic}^\alpha + \sum_i \Phi(g)_{ic}^\alpha + \epsilon}
+
+    where ``Φ_g(p)`` spreads the probability of each voxel's label set evenly over its leaves and
+    ``Φ(g)`` is the uniform target over the set (docs/theory.md §2.3). It has the same values as
+    ``marginalize(soft_dice)`` (:func:`~labelset_jax.losses.marginalize`), computed by the Dice
+    core with its closed-form gradient. Equals :func:`soft_dice` on full segmentations.
+
+    Args:
+      logits: ``[B, *spatial, C]``.
+      labels: integer label ids ``[B, *spatial]``: leaves ``< C`` and set ids of ``label_space``.
+      label_space: the :class:`~labelset_jax.labelsets.LabelSpace` defining the sets.
+      squared, eps, smooth_nr, include_background, batch_dice, class_weights, reduction: as in
+        :func:`soft_dice`.
+
+    Returns:
+      The loss, a scalar or ``[B]``.
+
+    Example (the reference values of docs/theory.md §2.5):
+      >>> import jax.numpy as jnp
+      >>> from labelset_jax.labelsets import LabelSpace
+      >>> space = LabelSpace.from_superset_map(3, {3: [1, 2], 4: [0, 1, 2]})
+      >>> labels = jnp.array([[[0, 0, 0, 0], [0, 1, 2, 0], [0, 3, 4, 0], [0, 0, 0, 0]]])
+      >>> predicted = jnp.minimum(jnp.where(labels >= 3, 2, labels), 1)
+      >>> print(f"{marginal_dice(1000.0 * jax.nn.one_hot(predicted, 3), labels, label_space=space):.5f}")
+      0.28310
+
+    References:
+      L. Fidon et al., *Label-set Loss Functions for Partial Supervision: Application to Fetal
+      Brain 3D MRI Parcellation*, MICCAI 2021, arXiv:2107.03846.
+    """
+    return _dice_loss(logits, labels, label_space=label_space, reduction=reduction,
+                      fn="marginal_dice", prediction="marginal", target="uniform", allow_sets=True,
+                      squared=squared, eps=eps, smooth_nr=smooth_nr,
+                      include_background=include_background, batch_dice=batch_dice,
+                      class_weights=class_weights)
+
+
+def dice_semimetric(
+    logits: Array,
+    targets: Array,
+    *,
+    label_space: LabelSpace | None = None,
+    eps: float = 1e-5,
+    smooth_nr: float = 0.0,
+    include_background: bool = True,
+    batch_dice: bool = False,
+    class_weights: Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> Array:
+    r"""Dice semimetric loss (Wang et al.): a soft Dice that is minimal at soft targets.
+
+    .. math::
+      \mathcal{L} = 1 - \frac{1}{\sum_c w_c} \sum_c w_c
+        \frac{\|p_c\|_1 + \|t_c\|_1 - \|p_c - t_c\|_1 + s_{nr}}{\|p_c\|_1 + \|t_c\|_1 + \epsilon},
+      \qquad \|x_c\|_1 = \sum_i |x_{ic}|
+
+    with ``p = softmax(logits)``. Without the constants, each class contributes the semimetric
+    ``‖p_c − t_c‖₁ / (‖p_c‖₁ + ‖t_c‖₁)``, which is zero if and only if ``p_c = t_c``: unlike the
+    soft Dice, the loss is minimised by predicting soft targets exactly, not by rounding them.
+    Since ``‖p‖₁ + ‖t‖₁ − ‖p − t‖₁ = 2 Σ_i min(p_i, t_i)`` for non-negative vectors, the numerator is
+    the soft Dice's with the product ``p t`` replaced by ``min(p, t)``; the two agree when the
+    targets are hard (0 or 1), so with integer labels this equals :func:`soft_dice` with
+    ``squared=False``.
+
+    Args:
+      logits: ``[B, *spatial, C]``.
+      targets: soft targets ``[B, *spatial, C]`` (probabilities over the classes, e.g. averaged
+        annotations or a teacher's softmax), or integer leaf ids ``[B, *spatial]``.
+      label_space: as in :func:`soft_dice`.
+      eps: added to the denominator only.
+      smooth_nr: added to the numerator.
+      include_background, batch_dice, class_weights, reduction: as in :func:`soft_dice`.
+
+    Returns:
+      The loss, a scalar or ``[B]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> targets = jnp.array([[[0.7, 0.3], [0.2, 0.8]]])  # two voxels, soft labels
+      >>> print(f"{dice_semimetric(jnp.log(targets), targets):.5f}")  # the prediction equals them
+      0.00000
+      >>> print(f"{soft_dice(jnp.log(targets), targets, squared=False):.5f}")  # soft Dice does not
+      0.37374
+
+    References:
+      Z. Wang, T. Popordanoska, J. Bertels, R. Lemmens, M. B. Blaschko, *Dice Semimetric Losses:
+      Optimizing the Dice Score with Soft Labels*, MICCAI 2023, arXiv:2303.16296.
+    """
+    return _dice_loss(logits, targets, label_space=label_space, reduction=reduction,
+                      fn="dice_semimetric", prediction="softmax", target="onehot",
+                      allow_sets=False, intersection="min", squared=False, eps=eps,
+                      smooth_nr=smooth_nr, include_background=include_background,
                       batch_dice=batch_dice, class_weights=class_weights)
 
 
@@ -536,8 +538,3 @@ def soft_target_dice(
                       class_weights=class_weights)
 
 
-def marginal_dice_fused(logits, labels, *, label_space, reduction="mean", **options) -> Array:
-    """``marginalize(soft_dice)`` through the Dice core (used by :func:`marginalize`)."""
-    return _dice_loss(logits, labels, label_space=label_space, reduction=reduction,
-                      fn="marginal_dice", prediction="marginal", target="uniform",
-                      allow_sets=True, **options)

@@ -1,4 +1,4 @@
-r"""Marginalization (SPEC §2.3): the unique conversion of a classical loss into a label-set loss.
+r"""Marginalization (docs/theory.md §2.3): the unique conversion of a classical loss into a label-set loss.
 
 For a voxel whose label set is ``A = g_i``,
 
@@ -11,9 +11,11 @@ cannot tell apart predictions that differ only inside each voxel's set), equals 
 segmentations, and is the only label-set loss that agrees with ``ℒ`` on predictions already
 uniform inside every set (Fidon et al. 2021, Theorem 1).
 
-:func:`marginalize` is this theorem as a function transform. The maps ``Φ_g`` and ``Φ`` are the
-functions :func:`labelset_jax.losses._common.marginal_log_probs` and
-:func:`~labelset_jax.losses._common.uniform_targets`, shared with the Dice core.
+:func:`marginalize` is this theorem as a function transform: it works for any classical loss that
+accepts soft targets. Two marginalized losses have fused implementations of their own, with the
+same values: :func:`~labelset_jax.losses.marginal_dice` (the Dice core) and
+:func:`marginal_cross_entropy` (``logsumexp`` over each set; ``marginalize(cross_entropy)`` equals it
+plus a constant).
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from labelset_jax.labelsets import LabelSpace
-from labelset_jax.losses import _common, _kernels
-from labelset_jax.losses.classification import cross_entropy, focal
-from labelset_jax.losses.dice import marginal_dice_fused, soft_dice
+from labelset_jax.losses import _common
+from labelset_jax.losses.classification import focal
 
 Array = jax.Array
 
@@ -74,62 +75,62 @@ def marginal_cross_entropy(
     """
     label_space = _common.check_inputs(logits, labels, label_space, fn="marginal_cross_entropy",
                                        allow_sets=True)
+    _common.check_reduction(reduction, fn="marginal_cross_entropy")
     return _common.reduce_loss(_marginal_ce_core(logits, labels, label_space), reduction,
                                fn="marginal_cross_entropy")
 
 
-def _marginal_ce_jax(logits: Array, labels: Array, space: LabelSpace) -> Array:
-    """Per-sample marginal CE ``[B]`` in pure JAX (``logsumexp`` over the set and over all leaves)."""
+# The marginal cross-entropy has a closed-form gradient, ∂/∂z_c = p_c − 1[c ∈ g] p_c / Σ_{c'∈g} p_c'
+# (the softmax minus the softmax restricted to the set), so, like the Dice core, it keeps only its
+# inputs as residuals and visits the voxels in chunks in both passes.
+def _flat(logits: Array, labels: Array) -> tuple[Array, Array]:
+    return _common.flatten_spatial(logits, channels=True), _common.flatten_spatial(labels, channels=False)
+
+
+def _chunk_nll(z: Array, labels: Array, weight: Array | None, *, space: LabelSpace) -> Array:
+    """``Σ_i -log Σ_{c ∈ g_i} p_ic`` over the voxels of one chunk: ``[B]``."""
     m, _ = _common.gather_sets(labels, space)
-    per_voxel = -_common.set_log_likelihood(logits, m)
-    return jnp.mean(_common.flatten_spatial(per_voxel, channels=False), axis=1)
+    z = z.astype(jnp.float32)
+    nll = _common.channel_logsumexp(z) - _common.set_logsumexp(z, m)
+    if weight is not None:
+        nll = nll * weight
+    return jnp.sum(nll[..., 0], axis=1)
+
+
+def _chunk_nll_grad(z: Array, labels: Array, scale: Array, *, space: LabelSpace) -> Array:
+    """``scale_b (p − 1[c ∈ g] p / Σ_{c' ∈ g} p_c')`` for one chunk, from the logits."""
+    m, _ = _common.gather_sets(labels, space)
+    z = z.astype(jnp.float32)
+    probs = jnp.exp(z - _common.channel_logsumexp(z))
+    set_probs = jnp.where(m > 0, jnp.exp(z - _common.set_logsumexp(z, m)), 0.0)
+    return (probs - set_probs) * scale[:, None, None]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _marginal_ce_core(logits: Array, labels: Array, space: LabelSpace) -> Array:
-    """Per-sample marginal CE ``[B]``: the fused CPU kernel or pure JAX (see ``_kernels``)."""
+    """Per-sample marginal cross-entropy ``[B]``; closed-form VJP."""
     return _marginal_ce_fwd(logits, labels, space)[0]
 
 
 def _marginal_ce_fwd(logits, labels, space):
-    num_voxels = labels[0].size
-    loss = _kernels.on_cpu(lambda z, g: _kernels.marginal_ce_sum(z, g, space) / num_voxels,
-                           lambda z, g: _marginal_ce_jax(z, g, space), logits, labels)
-    return loss, (logits, labels)
+    z, g = _flat(logits, labels)
+    total = _common.sum_over_voxels(functools.partial(_chunk_nll, space=space), z, g)
+    return total / z.shape[1], (logits, labels)
 
 
-def _marginal_ce_bwd(space, residuals, g):
-    """``∂/∂z_c = (g_b / N) (p_c − 1[c ∈ g_i] p_c / Σ_{c' ∈ g_i} p_c')``, recomputed from the logits."""
+def _marginal_ce_bwd(space, residuals, cotangent):
     logits, labels = residuals
-    num_voxels = labels[0].size
-
-    def by_autodiff(z, lab, cot):
-        return jax.vjp(lambda zz: _marginal_ce_jax(zz, lab, space), z)[1](cot)[0]
-
-    grad = _kernels.on_cpu(lambda z, lab, cot: _kernels.marginal_ce_grad(z, lab, space, cot / num_voxels),
-                           by_autodiff, logits, labels, g)
-    return grad.astype(logits.dtype), None
+    z, g = _flat(logits, labels)
+    scale = cotangent.astype(jnp.float32) / z.shape[1]
+    grad = _common.map_over_voxels(functools.partial(_chunk_nll_grad, scale=scale, space=space),
+                                   jax.ShapeDtypeStruct(z.shape, logits.dtype), z, g)
+    return grad.reshape(logits.shape), None
 
 
 _marginal_ce_core.defvjp(_marginal_ce_fwd, _marginal_ce_bwd)
 
 
-def _marginalized_cross_entropy(logits, labels, *, label_space, reduction="mean"):
-    """``marginalize(cross_entropy)``: the marginal CE plus ``mean_i log |g_i|``."""
-    _, size = _common.gather_sets(labels, label_space)
-    log_size = jnp.mean(_common.flatten_spatial(jnp.log(size[..., 0]), channels=False), axis=1)
-    per_sample = marginal_cross_entropy(logits, labels, label_space=label_space, reduction="none")
-    return _common.reduce_loss(per_sample + log_size, reduction, fn="marginalize(cross_entropy)")
-
-
-# Losses whose marginalization has a faster equivalent; tests check each against the generic path.
-_FUSED: dict[Callable, Callable] = {
-    cross_entropy: _marginalized_cross_entropy,
-    soft_dice: marginal_dice_fused,
-}
-
-
-def marginalize(loss: Callable[..., Array], *, fused: bool = True) -> Callable[..., Array]:
+def marginalize(loss: Callable[..., Array]) -> Callable[..., Array]:
     r"""Turns a classical loss that accepts soft targets into a label-set loss.
 
     .. math::
@@ -138,14 +139,15 @@ def marginalize(loss: Callable[..., Array], *, fused: bool = True) -> Callable[.
     The returned function has the label-set signature
     ``(logits, labels, *, label_space, reduction="mean", **options)`` and calls
     ``loss(log Φ_g(p), Φ(g), reduction=..., **options)``: ``log Φ_g(p)`` are valid logits (their
-    softmax is ``Φ_g(p)``), computed stably with ``logsumexp`` over each set.
+    softmax is ``Φ_g(p)``), computed stably with ``logsumexp`` over each set. The result is
+    differentiated by plain autodiff; ``marginalize(soft_dice)`` has the values of
+    :func:`~labelset_jax.losses.marginal_dice`, which computes them in one fused pass with a
+    closed-form gradient, and ``marginalize(cross_entropy)`` is
+    :func:`marginal_cross_entropy` plus the constant ``mean_i log |g_i|``.
 
     Args:
       loss: a classical loss ``loss(logits, targets, *, reduction, **options)`` accepting soft
         targets ``[B, *spatial, C]`` (all the classical losses of this package do).
-      fused: use a known faster equivalent when there is one (the Dice core for
-        :func:`~labelset_jax.losses.soft_dice`, ``logsumexp`` for
-        :func:`~labelset_jax.losses.cross_entropy`); the result is the same up to rounding.
 
     Returns:
       The marginalized label-set loss.
@@ -170,10 +172,9 @@ def marginalize(loss: Callable[..., Array], *, fused: bool = True) -> Callable[.
 
     @functools.wraps(loss)
     def marginal_loss(logits, labels, *, label_space: LabelSpace, reduction: str = "mean", **options):
-        if fused and loss in _FUSED:
-            return _FUSED[loss](logits, labels, label_space=label_space, reduction=reduction, **options)
         label_space = _common.check_inputs(logits, labels, label_space, fn=f"marginalize({name})",
                                            allow_sets=True)
+        _common.check_reduction(reduction, fn=f"marginalize({name})")
         m, size = _common.gather_sets(labels, label_space)
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         marginal_logits = _common.marginal_log_probs(log_probs, m, size)
@@ -208,38 +209,4 @@ Example:
   >>> logits = jnp.array([[[0.0, 5.0, -5.0]]])
   >>> print(f"{marginal_focal(logits, jnp.array([[3]]), label_space=space, gamma=0.0):.4f}")
   0.7000
-"""
-
-marginal_dice = marginalize(soft_dice)
-marginal_dice.__doc__ = r"""Marginal Dice: ``marginalize(soft_dice)``, the soft Dice of ``(Φ_g(p), Φ(g))``.
-
-.. math::
-  \mathcal{L} = 1 - \frac{1}{C} \sum_c
-    \frac{2 \sum_i \Phi(g)_{ic}\, \Phi_g(p)_{ic}}
-         {\sum_i \Phi_g(p)_{ic}^\alpha + \sum_i \Phi(g)_{ic}^\alpha + \epsilon}
-
-Computed by the Dice core (one pass, closed-form gradient). Equals
-:func:`~labelset_jax.losses.soft_dice` on full segmentations.
-
-Args:
-  logits: ``[B, *spatial, C]``.
-  labels: integer label ids ``[B, *spatial]``.
-  label_space: the :class:`~labelset_jax.labelsets.LabelSpace`.
-  squared, eps, smooth_nr, include_background, batch_dice, class_weights, reduction: as in
-    :func:`~labelset_jax.losses.soft_dice`.
-
-Returns:
-  The loss, a scalar or ``[B]``.
-
-Example (reference values of SPEC §2.5):
-  >>> import jax, jax.numpy as jnp
-  >>> from labelset_jax.labelsets import LabelSpace
-  >>> space = LabelSpace.from_superset_map(3, {3: [1, 2], 4: [0, 1, 2]})
-  >>> labels = jnp.array([[[0, 0, 0, 0], [0, 1, 2, 0], [0, 3, 4, 0], [0, 0, 0, 0]]])
-  >>> predicted = jnp.where(labels >= 3, 2, labels)
-  >>> print(f"{marginal_dice(1000.0 * jax.nn.one_hot(predicted, 3), labels, label_space=space):.5f}")
-  0.00000
-
-References:
-  L. Fidon et al., MICCAI 2021, arXiv:2107.03846.
 """
