@@ -1,6 +1,6 @@
 """Default run (`make run`): leaf-Dice on embedded fetal-brain phantoms with partial annotations.
 
-A small 3D U-Net learns the 9 tissues of SPEC §4 from a cohort in which 4 of the 10 training
+A small 3D U-Net learns the 9 tissues of docs/theory.md §4 from a cohort in which 4 of the 10 training
 volumes are fully segmented; the others follow the three partial protocols of the
 reference study (sets 9, 10, 11). Sized to finish in about 6 minutes on 2 CPU cores (6 min 4 s measured on 2026-11-28).
 
@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.name = "phantoms"
     config.data.shape = (48, 48, 48)
     config.data.num_val = 3
-    # Training cases per annotation protocol (SPEC §4): 4 fully segmented, 6 partially annotated.
+    # Training cases per annotation protocol (docs/theory.md §4): 4 fully segmented, 6 partially annotated.
     config.data.protocols = ml_collections.ConfigDict(
         dict(full=4, wm_vent_cereb=2, plus_ecsf=2, plus_ecsf_cc=2)
     )

@@ -1,4 +1,4 @@
-"""Real FeTA 2021 data (SPEC §4) with the reference architecture and hyper-parameters.
+"""Real FeTA 2021 data (docs/theory.md §4) with the reference architecture and hyper-parameters.
 
     python -m experiments.main --config=configs/feta.py:/data/feta_2.1 --workdir=runs/feta \
         --config.loss=leaf_dice

@@ -1,4 +1,4 @@
-"""The label-set comparison of Fidon et al. 2021 (SPEC §4) on embedded phantoms: one method per run.
+"""The label-set comparison of Fidon et al. 2021 (docs/theory.md §4) on embedded phantoms: one method per run.
 
     python -m experiments.main --config=configs/partial_supervision.py:leaf_dice --workdir=runs/ps_leaf_dice
 

@@ -83,7 +83,8 @@ def test_predict_keeps_affine_shape_and_header(workdir, tmp_path):
     assert set(np.unique(seg.get_fdata()).astype(int)) <= set(range(9))
 
 
-@pytest.mark.parametrize("content, message", [(None, "no such file"), (b"not a nifti", "")])
+@pytest.mark.parametrize("content, message", [(None, "scan.nii.gz: no such file or folder"),
+                                              (b"not a nifti", "scan.nii.gz: not a readable NIfTI file")])
 def test_predict_bad_input_exits_2_with_one_line(workdir, tmp_path, content, message):
     path = tmp_path / "scan.nii.gz"
     if content is not None:
