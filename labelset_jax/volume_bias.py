@@ -38,6 +38,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -48,7 +50,8 @@ import optax
 from scipy import stats
 
 from labelset_jax import losses
-from labelset_jax.data.synthetic import SyntheticCase, ambiguous_blob_case
+from labelset_jax.data.case import Case
+from labelset_jax.data.synthetic import ambiguous_blob_case
 from labelset_jax.metrics import dice_score, volume_error
 
 __all__ = [
@@ -272,7 +275,8 @@ class LogisticFit(NamedTuple):
       loss: the final training loss.
       grad_norm: the final gradient norm.
       steps: L-BFGS iterations taken.
-      converged: whether ``grad_norm <= tol`` was reached within ``max_steps``.
+      converged: whether a stopping criterion (gradient norm or stalled loss) was met within
+        ``max_steps``.
     """
 
     params: dict
@@ -284,22 +288,47 @@ class LogisticFit(NamedTuple):
     converged: bool
 
 
+_STALL = 20  # iterations over which a stalled loss counts as converged
+
+
 def _logits(params: dict, features: jax.Array) -> jax.Array:
     z = features @ params["w"] + params["b"]
     return jnp.stack([jnp.zeros_like(z), z], axis=-1)  # two-class logits: softmax = [1 − σ(z), σ(z)]
 
 
+@functools.lru_cache(maxsize=32)
+def _lbfgs_step(loss: str, options: tuple, memory_size: int):
+    """The optimiser and one jitted L-BFGS step for a loss (cached: refits with the same arm and
+    shapes reuse the compiled step)."""
+    loss_fn = arm_loss(Arm(loss, dict(options)))
+    opt = optax.lbfgs(memory_size=memory_size)
+
+    @jax.jit
+    def step(params, state, x, t):
+        def objective(p):
+            return loss_fn(_logits(p, x), t)
+
+        value, grad = optax.value_and_grad_from_state(objective)(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=objective)
+        return optax.apply_updates(params, updates), state, value, optax.tree_utils.tree_l2_norm(grad)
+
+    return opt, step
+
+
 def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, *, arm: str | Arm,
-                            max_steps: int = 500, tol: float = 1e-5, memory_size: int = 10) -> LogisticFit:
+                            max_steps: int = 500, tol: float = 1e-5, ftol: float = 1e-7,
+                            memory_size: int = 10) -> LogisticFit:
     r"""Fits a per-voxel logistic regression with an arm's loss, to convergence, by L-BFGS.
 
     The model is ``P(l_i = 1 | x_i) = σ(w·\tilde x_i + b)`` with standardised features
     ``\tilde x``, fed to the arm's loss as the two-class logits ``[0, w·\tilde x + b]`` of each
     image (so per-image and batch Dice mean what they mean for a network). Starting from
     ``w = 0`` and ``b = logit(mean target)``, L-BFGS with a zoom line search (``optax.lbfgs``)
-    runs until the gradient norm is at most ``tol`` or ``max_steps`` iterations. With a few
-    parameters and full-batch gradients this converges in tens of iterations: the fitted model
-    shows the optimum of the loss, not an artefact of an unfinished optimisation.
+    runs until the gradient norm is at most ``tol``, or until the loss has decreased by at most
+    ``ftol·max(1, |loss|)`` over the last 20 iterations (the optimum of a loss with kinks, such as
+    the Dice semimetric's ``|p − q|``, or the float32 resolution of the loss), or ``max_steps``
+    iterations. With a few parameters and full-batch gradients this takes tens of iterations: the
+    fitted model shows the optimum of the loss, not an artefact of an unfinished optimisation.
 
     Args:
       features: ``[B, N, F]`` features of the ``N`` voxels of ``B`` training images.
@@ -308,6 +337,7 @@ def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, *, arm: s
       arm: a key of :data:`ARMS` or an :class:`Arm`.
       max_steps: the most L-BFGS iterations.
       tol: the gradient-norm tolerance.
+      ftol: the relative loss-decrease tolerance over the last 20 iterations.
       memory_size: the L-BFGS memory.
 
     Returns:
@@ -340,30 +370,23 @@ def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, *, arm: s
         t = jnp.asarray(targets, jnp.int32)
     prior = float(np.clip(np.mean(targets, dtype=np.float64), 1e-4, 1 - 1e-4))
     params = {"w": jnp.zeros(features.shape[-1], jnp.float32), "b": jnp.asarray(np.log(prior / (1 - prior)), jnp.float32)}
-    loss_fn = arm_loss(arm)
-    opt = optax.lbfgs(memory_size=memory_size)
-
-    @jax.jit
-    def step(params, state, x, t):
-        def objective(p):
-            return loss_fn(_logits(p, x), t)
-
-        value, grad = optax.value_and_grad_from_state(objective)(params, state=state)
-        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=objective)
-        return optax.apply_updates(params, updates), state, value, optax.tree_utils.tree_l2_norm(grad)
-
+    opt, step = _lbfgs_step(arm.loss, tuple(sorted(arm.options.items())), int(memory_size))
     state = opt.init(params)
-    value = grad_norm = float("nan")
-    steps = 0
-    for steps in range(1, int(max_steps) + 1):
+    history: list[float] = []
+    grad_norm = float("nan")
+    converged = False
+    for _ in range(int(max_steps)):
         new_params, state, value, grad_norm = step(params, state, x, t)
-        value, grad_norm = float(value), float(grad_norm)  # loss and gradient at ``params``
-        if grad_norm <= tol:
+        history.append(float(value))  # loss and gradient at ``params``
+        grad_norm = float(grad_norm)
+        stalled = len(history) > _STALL and history[-_STALL - 1] - history[-1] <= ftol * max(1.0, abs(history[-1]))
+        if grad_norm <= tol or stalled:
+            converged = True
             break
         params = new_params
     params = jax.tree.map(np.asarray, params)
-    return LogisticFit(params, mean.astype(np.float32), scale.astype(np.float32), value, grad_norm, steps,
-                       bool(grad_norm <= tol))
+    return LogisticFit(params, mean.astype(np.float32), scale.astype(np.float32), history[-1], grad_norm,
+                       len(history), converged)
 
 
 def predict_logistic(fit: LogisticFit, features: np.ndarray) -> np.ndarray:
@@ -458,12 +481,14 @@ def stratified_inclusion(n: int, p: float, *, seed: int) -> np.ndarray:
 
 
 def stratified_blob_cases(seeds: Sequence[int], *, p: float, permutation_seed: int = 0,
-                          **options: Any) -> list[SyntheticCase]:
+                          **options: Any) -> list[Case]:
     """Ambiguous-blob cases of which exactly ``round(p·N)`` contain the blob.
 
     Case ``j`` is :func:`~labelset_jax.data.synthetic.ambiguous_blob_case` ``(seeds[j], p=p,
-    **options)`` (same geometry, image and ``q``), with the blob's label set by
-    :func:`stratified_inclusion` instead of an independent draw.
+    **options)`` (same geometry, image and ``q`` in ``metadata["q"]``), with the blob's label set
+    by :func:`stratified_inclusion` instead of an independent draw. Choose ``N`` so that
+    ``round(p·N)/N`` lies on the same side of 1/2 as ``p``: with ``N = 10``, ``p = 0.45`` and
+    ``p = 0.55`` both give a share of 1/2 (``N = 20`` separates every ``p`` of the study).
 
     Args:
       seeds: the cases' seeds.
@@ -472,10 +497,10 @@ def stratified_blob_cases(seeds: Sequence[int], *, p: float, permutation_seed: i
       **options: the other arguments of ``ambiguous_blob_case`` (shape, radii, intensity, ...).
 
     Returns:
-      ``N = len(seeds)`` :class:`~labelset_jax.data.synthetic.SyntheticCase`.
+      ``N = len(seeds)`` :class:`~labelset_jax.data.case.Case`.
 
     >>> cases = stratified_blob_cases(range(10), p=0.3, shape=(16, 16, 16), object_radius=3, blob_radius=2)
-    >>> [int(((c.q > 0) & (c.q < 1) & (c.labels == 1)).any()) for c in cases].count(1)
+    >>> [int(((c.metadata["q"] == 0.3) & (c.labels == 1)).any()) for c in cases].count(1)
     3
     """
     include = stratified_inclusion(len(seeds), p, seed=permutation_seed)
@@ -485,7 +510,7 @@ def stratified_blob_cases(seeds: Sequence[int], *, p: float, permutation_seed: i
         # the same case with the blob drawn in (p = 1) or out (p = 0): same positions, image, noise
         forced = ambiguous_blob_case(int(seed), p=1.0 if inside else 0.0, **options)
         np.testing.assert_array_equal(forced.image, case.image)
-        cases.append(case._replace(labels=forced.labels))
+        cases.append(dataclasses.replace(case, labels=forced.labels))
     return cases
 
 

@@ -19,12 +19,16 @@ BLOB = dict(shape=(24, 24, 24), object_radius=5.0, blob_radius=3.5)
 
 def _fit(cases, arm, **kwargs):
     x = np.stack([vb.intensity_features(c.image).reshape(-1, 3) for c in cases])
-    targets = np.stack([(c.q if vb.ARMS[arm].soft_targets else c.labels).reshape(-1) for c in cases])
+    targets = np.stack([(c.metadata["q"] if vb.ARMS[arm].soft_targets else c.labels).reshape(-1) for c in cases])
     return vb.fit_logistic_regression(x, targets, arm=arm, **kwargs)
 
 
 def _predict(fit, case):
     return vb.predict_logistic(fit, vb.intensity_features(case.image))
+
+
+def _row(probs, case):
+    return vb.volume_row(probs, labels=case.labels, q=case.metadata["q"], spacing=case.spacing)
 
 
 # --------------------------------------------------------------------------- theory
@@ -62,33 +66,34 @@ def test_oracle_is_the_best_threshold(seed):
 
 def test_oracle_keeps_voxels_above_half_the_optimal_dice_and_over_segments():
     case = synthetic.boundary_noise_case(0, shape=(32, 32, 32), radius=5.0, tau=2.0)
-    oracle = vb.dice_optimal_oracle(case.q, voxel_ml=case.voxel_ml)
+    oracle = vb.dice_optimal_oracle(case.metadata["q"], voxel_ml=case.voxel_ml)
     assert oracle.threshold == pytest.approx(oracle.dice / 2, abs=0.01)  # t = D*/2 (docs/theory.md §5)
     assert oracle.threshold < 0.5 and oracle.dv_ml > 0.1 * oracle.expected_ml
     # the ratio of expectations agrees with the mean Dice over sampled label maps
-    samples = np.random.default_rng(0).random((32, *case.q.shape)) < case.q
-    sampled = vb.dice_optimal_oracle(case.q, voxel_ml=case.voxel_ml, labels=samples)
+    samples = np.random.default_rng(0).random((32, *case.metadata["q"].shape)) < case.metadata["q"]
+    sampled = vb.dice_optimal_oracle(case.metadata["q"], voxel_ml=case.voxel_ml, labels=samples)
     assert sampled.threshold == pytest.approx(oracle.threshold, abs=0.02)
     assert sampled.dv_ml == pytest.approx(oracle.dv_ml, rel=0.1)
     # a sharper boundary relative to the radius gives a smaller relative bias
     sharp = synthetic.boundary_noise_case(0, shape=(32, 32, 32), radius=8.0, tau=1.0)
-    assert vb.dice_optimal_oracle(sharp.q).dv_ml / vb.dice_optimal_oracle(sharp.q).expected_ml < 0.06
+    sharp_oracle = vb.dice_optimal_oracle(sharp.metadata["q"])
+    assert sharp_oracle.dv_ml / sharp_oracle.expected_ml < 0.06
 
 
 @pytest.mark.parametrize("p", [0.3, 0.45, 0.55, 0.7])
 def test_oracle_with_one_draw_per_blob_keeps_it_iff_p_above_half(p):
     case = synthetic.ambiguous_blob_case(0, p=p, **BLOB)
-    blob = (case.q > 0) & (case.q < 1)
+    blob = (case.metadata["q"] > 0) & (case.metadata["q"] < 1)
     inside, outside = case.labels.copy(), case.labels.copy()
     inside[blob], outside[blob] = 1, 0
-    oracle = vb.dice_optimal_oracle(case.q, voxel_ml=case.voxel_ml, labels=np.stack([inside, outside]),
+    oracle = vb.dice_optimal_oracle(case.metadata["q"], voxel_ml=case.voxel_ml, labels=np.stack([inside, outside]),
                                     weights=[p, 1 - p])
     assert oracle.dv_ml == pytest.approx(vb.toy_volume_error(p, blob.sum() * case.voxel_ml))
 
 
 def test_oracle_of_a_noise_free_case_is_exact_and_bad_inputs_fail():
     case = synthetic.noise_free_case(0, shape=(16, 16, 16), radius=4.0)
-    oracle = vb.dice_optimal_oracle(case.q, voxel_ml=case.voxel_ml)
+    oracle = vb.dice_optimal_oracle(case.metadata["q"], voxel_ml=case.voxel_ml)
     assert oracle.dice == pytest.approx(1.0) and oracle.dv_ml == pytest.approx(0.0)
     assert vb.dice_optimal_oracle(np.zeros(5)).threshold == np.inf
     with pytest.raises(ValueError, match="probabilities"):
@@ -124,8 +129,8 @@ def test_stratified_blob_cases_change_only_the_blob_labels():
     for seed, case in zip(range(10), cases):
         plain = synthetic.ambiguous_blob_case(seed, p=0.3, **BLOB)
         np.testing.assert_array_equal(case.image, plain.image)
-        np.testing.assert_array_equal(case.q, plain.q)
-        blob = (case.q > 0) & (case.q < 1)
+        np.testing.assert_array_equal(case.metadata["q"], plain.metadata["q"])
+        blob = (case.metadata["q"] > 0) & (case.metadata["q"] < 1)
         np.testing.assert_array_equal(case.labels[~blob], plain.labels[~blob])
         assert len(np.unique(case.labels[blob])) == 1  # one label for the whole blob
         with_blob += int(case.labels[blob].all())
@@ -137,9 +142,7 @@ def test_stratified_blob_cases_change_only_the_blob_labels():
 
 def test_every_arm_names_a_library_loss():
     for name, arm in vb.ARMS.items():
-        if arm.loss == "dice_semimetric" and not hasattr(losses, "dice_semimetric"):
-            continue  # added by the losses package
-        assert callable(vb.arm_loss(name))
+        assert vb.arm_loss(name).__name__ == losses.get_loss(arm.loss).__name__
     with pytest.raises(ValueError, match="unknown arm"):
         vb.arm_loss("bogus")
 
@@ -157,15 +160,15 @@ def blob_sets():
 def test_cross_entropy_predicts_the_blob_share_and_an_unbiased_volume(blob_sets, p):
     train, test = blob_sets[p]
     fit = _fit(train, "ce")
-    assert fit.converged and fit.grad_norm <= 1e-5
+    assert fit.converged and fit.grad_norm <= 1e-4
     # the score equation of the intercept: the fitted soft volume equals the labelled volume
     train_soft = sum(_predict(fit, c).sum() for c in train)
     assert train_soft == pytest.approx(sum(c.labels.sum() for c in train), rel=1e-3)
     for case in test:
         probs = _predict(fit, case)
-        blob = (case.q > 0) & (case.q < 1)
+        blob = (case.metadata["q"] > 0) & (case.metadata["q"] < 1)
         assert probs[blob].mean() == pytest.approx(p, abs=0.03)
-        row = vb.volume_row(probs, labels=case.labels, q=case.q, spacing=case.spacing)
+        row = _row(probs, case)
         assert abs(row["dv_soft_expected_ml"]) < 0.03 * row["expected_ml"]
 
 
@@ -176,8 +179,8 @@ def test_soft_dice_fills_or_drops_the_blob_as_the_toy_says(blob_sets, p, arm):
     fit = _fit(train, arm)
     assert fit.converged
     for case in test:
-        blob = (case.q > 0) & (case.q < 1)
-        row = vb.volume_row(_predict(fit, case), labels=case.labels, q=case.q, spacing=case.spacing)
+        blob = (case.metadata["q"] > 0) & (case.metadata["q"] < 1)
+        row = _row(_predict(fit, case), case)
         toy = vb.toy_volume_error(p, blob.sum() * case.voxel_ml)
         assert row["dv_soft_expected_ml"] == pytest.approx(toy, rel=0.1)
 
@@ -194,24 +197,20 @@ def test_boundary_noise_ce_is_equivalent_to_unbiased_soft_dice_matches_the_oracl
     train, test = boundary_sets
     ce, dice = _fit(train, "ce"), _fit(train, "dice")
     assert ce.converged and dice.converged
-    ce_dv = [vb.volume_row(_predict(ce, c), labels=c.labels, q=c.q, spacing=c.spacing)["dv_soft_expected_ml"]
-             for c in test]
-    dice_dv = [vb.volume_row(_predict(dice, c), labels=c.labels, q=c.q, spacing=c.spacing)["dv_soft_expected_ml"]
-               for c in test]
-    expected = np.mean([c.expected_volume_ml() for c in test])
-    oracle = np.mean([vb.dice_optimal_oracle(c.q, voxel_ml=c.voxel_ml).dv_ml for c in test])
+    ce_dv = [_row(_predict(ce, c), c)["dv_soft_expected_ml"] for c in test]
+    dice_dv = [_row(_predict(dice, c), c)["dv_soft_expected_ml"] for c in test]
+    expected = np.mean([synthetic.expected_volume_ml(c) for c in test])
+    oracle = np.mean([vb.dice_optimal_oracle(c.metadata["q"], voxel_ml=c.voxel_ml).dv_ml for c in test])
     assert vb.tost_equivalence(ce_dv, margin=0.05 * expected).equivalent
     assert np.min(dice_dv) > 0 and np.mean(dice_dv) == pytest.approx(oracle, rel=0.25)
 
 
 def test_dice_semimetric_on_soft_targets_recovers_q(boundary_sets):
-    if not hasattr(losses, "dice_semimetric"):
-        pytest.skip("labelset_jax.losses.dice_semimetric is not there yet")
     train, test = boundary_sets
     fit = _fit(train, "dice_semimetric")
     assert fit.converged
     for case in test:
-        row = vb.volume_row(_predict(fit, case), labels=case.labels, q=case.q, spacing=case.spacing)
+        row = _row(_predict(fit, case), case)
         assert abs(row["dv_soft_expected_ml"]) < 0.05 * row["expected_ml"]
 
 
@@ -225,14 +224,15 @@ def test_fit_rejects_mismatched_shapes():
 
 def test_volume_row_uses_the_metrics_volumes():
     case = synthetic.boundary_noise_case(1, shape=(16, 16, 16), radius=4.0, tau=1.0, spacing=(1.0, 2.0, 0.5))
-    probs = np.clip(case.q + 0.05, 0, 1)
-    row = vb.volume_row(probs, labels=case.labels, q=case.q, spacing=case.spacing)
-    assert row["expected_ml"] == pytest.approx(case.expected_volume_ml())
-    assert row["realised_ml"] == pytest.approx(case.volume_ml())
+    probs = np.clip(case.metadata["q"] + 0.05, 0, 1)
+    row = _row(probs, case)
+    assert row["expected_ml"] == pytest.approx(synthetic.expected_volume_ml(case))
+    assert row["realised_ml"] == pytest.approx(case.labels.sum() * case.voxel_ml)
     to_labels = volume_error(probs, case.labels, spacing=case.spacing)
     assert row["dv_soft_realised_ml"] == pytest.approx(to_labels.soft)
     assert row["dv_hard_realised_ml"] == pytest.approx(to_labels.hard)
-    assert row["dv_soft_expected_ml"] == pytest.approx(probs.sum() * case.voxel_ml - case.expected_volume_ml())
+    expected = synthetic.expected_volume_ml(case)
+    assert row["dv_soft_expected_ml"] == pytest.approx(probs.sum() * case.voxel_ml - expected)
     assert row["soft_ml"] - row["expected_ml"] == pytest.approx(row["dv_soft_expected_ml"])
     assert 0 < row["dice"] <= 1
 
