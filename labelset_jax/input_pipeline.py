@@ -96,7 +96,8 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
     if name == "phantoms":
         shape = tuple(data.shape)
         train_cases = data_lib.phantom_cohort(dict(data.protocols), first_seed=first, shape=shape).cases
-        val_cases = data_lib.phantom_cohort({"full": data.num_val}, first_seed=first + VAL_SEED_OFFSET, shape=shape).cases
+        val_first = first + VAL_SEED_OFFSET
+        val_cases = data_lib.phantom_cohort({"full": data.num_val}, first_seed=val_first, shape=shape).cases
     elif name == "mni152":
         kwargs = dict(voxel_size=data.get("voxel_size", 2))
         if data.get("shape"):

@@ -92,8 +92,8 @@ __all__ = [
     "CaseFile", "Cohort", "phantom_cohort", "write_cohort", "read_cohort", "read_manifest",
     "write_manifest", "load_cases", "feta_cases", "FETA_LABELS", "FETA_TO_FETAL_BRAIN", "MANIFEST_COLUMNS",
     # transforms
-    "AugmentConfig", "brain_mask", "zscore", "normalize_image", "foreground_index", "sample_patch_centre", "extract_patch",
-    "random_flip", "random_zoom", "augment_intensity", "augment_patch",
+    "AugmentConfig", "brain_mask", "zscore", "normalize_image", "foreground_index", "sample_patch_centre",
+    "extract_patch", "random_flip", "random_zoom", "augment_intensity", "augment_patch",
     # loader
     "Loader",
 ]  # fmt: skip

@@ -269,4 +269,5 @@ def independent_blobs_case(
         raise ValueError(f"p must be in [0, 1], got {p}")
     shape = _check(shape, spacing)
     rng = np.random.default_rng(seed)
-    return _blob_case(seed, rng, shape, object_radius, [blob_radius] * int(k), probs.tolist(), blob_intensity, noise, spacing)
+    return _blob_case(seed, rng, shape, object_radius, [blob_radius] * int(k), probs.tolist(), blob_intensity, noise,
+                      spacing)
