@@ -86,16 +86,23 @@ def _synthetic_cases(data: ml_collections.ConfigDict, first_seed: int, count: in
 def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
     """Builds the training and validation cases of ``config.data``.
 
+    The generated cases (phantoms, MNI, synthetic) are a function of ``config.data.seed`` when it
+    is set (a data seed, so that runs with different ``seed`` share their data), else of ``seed``.
+    For phantoms, ``config.data.abnormal = {protocol: count}`` makes that many of each protocol's
+    cases abnormal (:func:`~labelset_jax.data.phantom_cohort`).
+
     Raises:
       ValueError: an unknown source, generator or transform, or a problem with the files (the
         message names the file).
     """
     space = label_space_for(data)
     name = data.name
-    first = 1000 * int(seed)
+    data_seed = data.get("seed")
+    first = 1000 * int(seed if data_seed is None else data_seed)
     if name == "phantoms":
         shape = tuple(data.shape)
-        train_cases = data_lib.phantom_cohort(dict(data.protocols), first_seed=first, shape=shape).cases
+        train_cases = data_lib.phantom_cohort(dict(data.protocols), first_seed=first, shape=shape,
+                                              abnormal=dict(data.get("abnormal") or {})).cases
         val_first = first + VAL_SEED_OFFSET
         val_cases = data_lib.phantom_cohort({"full": data.num_val}, first_seed=val_first, shape=shape).cases
     elif name == "mni152":
@@ -139,6 +146,7 @@ def create_loader(config: ml_collections.ConfigDict, cases: Sequence[Case]) -> d
         augment=config.data.get("augment", True),
         foreground_prob=config.data.get("foreground_prob", 0.33),
         prefetch=config.data.get("prefetch", 2),
+        full_fraction=config.data.get("full_fraction"),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )

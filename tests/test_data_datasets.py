@@ -187,3 +187,17 @@ def test_feta_errors(tmp_path, cohort):
     (tmp_path / "sub-002" / "anat" / "sub-002_rec-mial_dseg.nii.gz").unlink()
     with pytest.raises(ValueError, match=r"sub-002_rec-mial_T2w\.nii\.gz: no segmentation"):
         feta_cases(tmp_path)
+
+
+def test_phantom_cohort_abnormal_cases_are_the_last_of_their_protocol():
+    cohort = phantom_cohort({"full": 2, "wm_vent_cereb": 3}, shape=SHAPE, abnormal={"wm_vent_cereb": 2})
+    assert [c.metadata["abnormal"] for c in cohort.cases] == [False, False, False, True, True]
+    normal = phantom_cohort({"full": 2, "wm_vent_cereb": 3}, shape=SHAPE)
+    for a, b in zip(cohort.cases[:3], normal.cases[:3]):  # the normal cases are unchanged
+        np.testing.assert_array_equal(a.full_labels, b.full_labels)
+    sick = cohort.cases[-1]
+    _, expected = make_phantom(4, shape=SHAPE, ventriculomegaly=True, small_cerebellum=True)
+    np.testing.assert_array_equal(sick.full_labels, expected)
+    assert (sick.full_labels == 2).sum() > (normal.cases[-1].full_labels == 2).sum()  # enlarged ventricles
+    with pytest.raises(ValueError, match="abnormal"):
+        phantom_cohort({"full": 1}, shape=SHAPE, abnormal={"full": 2})

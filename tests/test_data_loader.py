@@ -154,3 +154,31 @@ def test_bad_arguments(cases):
     bad = [Case("bad_case", np.zeros((8, 8, 8)), np.full((8, 8, 8), 42, np.int32), (1, 1, 1))]
     with pytest.raises(ValueError, match=r"bad_case hold label id\(s\) \[42\]"):
         Loader(bad, batch_size=1, patch_size=PATCH, seed=0, space=FETAL_BRAIN)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
+def test_full_fraction_sets_the_share_of_fully_annotated_samples(cases, fraction):
+    loader = Loader(cases, batch_size=2, patch_size=PATCH, seed=3, prefetch=0, full_fraction=fraction)
+    picks = np.array([[loader.case_index(step, j) for j in range(2)] for step in range(40)])
+    full = np.array([cases[k].protocol == "full" for k in picks.ravel()]).reshape(picks.shape)
+    assert full.mean() == fraction
+    if fraction == 0.5:  # batch of 2: one fully and one partially annotated case in every batch
+        assert np.all(full.sum(1) == 1)
+    # within each group, the cases are visited evenly (epochs of permutations)
+    counts = np.bincount(picks.ravel(), minlength=len(cases))
+    for members in ([k for k, c in enumerate(cases) if c.protocol == "full"],
+                    [k for k, c in enumerate(cases) if c.protocol != "full"]):
+        assert np.ptp(counts[members]) <= 1
+    again = Loader(cases, batch_size=2, patch_size=PATCH, seed=3, prefetch=0, full_fraction=fraction)
+    assert_same([loader.batch(s) for s in (0, 7)], [again.batch(s) for s in (0, 7)])  # pure in (seed, step)
+
+
+def test_full_fraction_none_keeps_uniform_sampling_and_bad_values_fail(cases):
+    uniform = Loader(cases, batch_size=2, patch_size=PATCH, seed=3, prefetch=0)
+    picks = [uniform.case_index(step, j) for step in range(10) for j in range(2)]
+    assert np.bincount(picks).tolist() == [4] * len(cases)  # every epoch a permutation of all cases
+    only_full = [c for c in cases if c.protocol == "full"]
+    one_group = Loader(only_full, batch_size=2, patch_size=PATCH, seed=3, prefetch=0, full_fraction=0.5)
+    assert one_group.full_fraction is None  # one group: nothing to balance
+    with pytest.raises(ValueError, match="full_fraction"):
+        Loader(cases, batch_size=2, patch_size=PATCH, seed=3, full_fraction=1.5)

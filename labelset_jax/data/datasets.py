@@ -219,11 +219,14 @@ def phantom_cohort(
     spacing: Sequence[float] | None = None,
     protocol_table: Mapping[str, AnnotationProtocol] = FETAL_BRAIN_PROTOCOLS,
     keep_full: bool = True,
+    abnormal: Mapping[str, int] | None = None,
 ) -> Cohort:
     """Phantom cases annotated under the given protocols.
 
     Case ``i`` is ``make_phantom(first_seed + i)``, its labels converted by its protocol
-    (``protocol_table[name].apply``); ids are ``phantom_<seed>``.
+    (``protocol_table[name].apply``); ids are ``phantom_<seed>``. Abnormal cases (``abnormal``)
+    are ``make_phantom(seed, ventriculomegaly=True, small_cerebellum=True)``; every case has
+    ``metadata["abnormal"]``.
 
     Args:
       protocols: ``{protocol name: number of cases}`` (in order), or one name per case, e.g.
@@ -233,6 +236,8 @@ def phantom_cohort(
       spacing: voxel size in mm (default :func:`~labelset_jax.data.phantoms.phantom_spacing`).
       protocol_table: the protocols by name.
       keep_full: keep the full segmentation in ``Case.full_labels`` (for evaluation).
+      abnormal: ``{protocol name: number of its cases that are abnormal}`` (the last ones of that
+        protocol), e.g. ``{"full": 0, "wm_vent_cereb": 2}``; default none.
 
     Returns:
       A :class:`Cohort` over the protocols' label space.
@@ -244,14 +249,19 @@ def phantom_cohort(
     unknown = sorted(set(names) - set(protocol_table))
     if unknown:
         raise ValueError(f"unknown protocol(s) {unknown} (known: {sorted(protocol_table)})")
+    abnormal = dict(abnormal or {})
+    if any(not 0 <= int(n) <= names.count(name) for name, n in abnormal.items()):
+        raise ValueError(f"abnormal must give each protocol at most its number of cases, got {abnormal}")
     spacing = phantom_spacing(shape) if spacing is None else tuple(float(s) for s in spacing)
     cases = []
     for i, name in enumerate(names):
         seed = first_seed + i
-        image, full = make_phantom(seed, shape=shape, spacing=spacing)
+        sick = names[i:].count(name) <= int(abnormal.get(name, 0))  # the protocol's last cases
+        image, full = make_phantom(seed, shape=shape, spacing=spacing, ventriculomegaly=sick, small_cerebellum=sick)
         labels = protocol_table[name].apply(full)
         affine = phantom_affine(shape, spacing)
-        cases.append(Case(f"phantom_{seed:04d}", image, labels, spacing, name, affine, full if keep_full else None))
+        cases.append(Case(f"phantom_{seed:04d}", image, labels, spacing, name, affine, full if keep_full else None,
+                          metadata={"abnormal": sick}))
     spaces = {protocol_table[n].space for n in names}
     space = max(spaces, key=lambda s: s.num_ids) if spaces else FETAL_BRAIN
     return Cohort(cases, space)

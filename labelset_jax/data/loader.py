@@ -6,7 +6,13 @@ Batch ``b`` is a pure function of ``(seed, b)``:
   from ``SeedSequence([seed, 0, epoch, 0])``; batch ``b`` takes stream positions
   ``b·B .. b·B + B - 1`` (``B`` the global batch size);
 * sample ``j`` of batch ``b`` is augmented with its own ``Generator`` seeded by
-  ``SeedSequence([seed, 1, b, j])``.
+  ``SeedSequence([seed, 1, b, j])``;
+* with ``full_fraction = f``, the stream alternates between two sub-streams instead: position
+  ``n`` is a fully annotated case (protocol ``"full"``) iff ``⌊(n+1)f⌋ > ⌊nf⌋``, so a fraction
+  ``f`` of every run of positions is (to within one); each sub-stream runs through its own
+  epochs of permutations (``SeedSequence([seed, 0, epoch, 1])`` for the full cases,
+  ``[seed, 0, epoch, 2]`` for the others). With a batch of 2 and ``f = 1/2``, every batch holds
+  one fully and one partially annotated case.
 
 Hence the loader's whole state is the step counter (:meth:`Loader.state_dict`): restoring it
 resumes exactly where an uninterrupted run would be, whatever happened to the prefetch queue, and
@@ -85,6 +91,9 @@ class Loader:
       process_count: the number of processes ``P`` (``jax.process_count()``); ``B % P == 0``.
       normalize: normalise the images (``False`` if they are already normalised).
       space: when given, every label map is checked to hold ids of this label space.
+      full_fraction: the fraction of the samples drawn from the fully annotated cases (protocol
+        ``"full"``), the others from the rest; ``None`` (default) samples all cases uniformly.
+        Ignored when either group is empty.
 
     Raises:
       ValueError: bad sizes, seeds or process indices, or invalid label ids (with ``space``).
@@ -104,6 +113,7 @@ class Loader:
         process_count: int = 1,
         normalize: bool = True,
         space: LabelSpace | None = None,
+        full_fraction: float | None = None,
     ):
         if len(cases) == 0:
             raise ValueError("the loader needs at least one case")
@@ -122,6 +132,8 @@ class Loader:
             raise ValueError(f"foreground_prob must be in [0, 1], got {foreground_prob}")
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        if full_fraction is not None and not 0.0 <= full_fraction <= 1.0:
+            raise ValueError(f"full_fraction must be in [0, 1] or None, got {full_fraction}")
 
         self.batch_size = int(batch_size)
         self.patch_size = patch_size
@@ -142,7 +154,11 @@ class Loader:
             self._labels.append(labels)
             self._fg.append(foreground_index(labels, seed=k) if foreground_prob > 0 else None)
 
-        self._permutations: dict[int, np.ndarray] = {}  # epoch -> case order (a small cache)
+        full = [k for k, case in enumerate(cases) if case.protocol == "full"]
+        rest = [k for k, case in enumerate(cases) if case.protocol != "full"]
+        self.full_fraction = None if full_fraction is None or not (full and rest) else float(full_fraction)
+        self._groups = (np.array(full), np.array(rest))
+        self._permutations: dict[tuple[int, int], np.ndarray] = {}  # (epoch, group) -> order (a small cache)
         self._step = 0
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
@@ -165,21 +181,28 @@ class Loader:
         """The epoch of the next batch's first sample."""
         return self._step * self.batch_size // self.num_cases
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        perm = self._permutations.get(epoch)
+    def _permutation(self, epoch: int, group: int = 0, size: int | None = None) -> np.ndarray:
+        perm = self._permutations.get((epoch, group))
         if perm is None:
-            seq = np.random.SeedSequence([self.seed, _TAG_PERMUTATION, epoch, 0])
-            perm = np.random.Generator(np.random.PCG64(seq)).permutation(self.num_cases)
+            seq = np.random.SeedSequence([self.seed, _TAG_PERMUTATION, epoch, group])
+            perm = np.random.Generator(np.random.PCG64(seq)).permutation(self.num_cases if size is None else size)
             if len(self._permutations) > 8:
                 self._permutations.clear()
-            self._permutations[epoch] = perm
+            self._permutations[epoch, group] = perm
         return perm
 
     def case_index(self, step: int, j: int) -> int:
         """The case of sample ``j`` (global position in the batch) of batch ``step``."""
         position = step * self.batch_size + j
-        epoch, offset = divmod(position, self.num_cases)
-        return int(self._permutation(epoch)[offset])
+        if self.full_fraction is None:
+            epoch, offset = divmod(position, self.num_cases)
+            return int(self._permutation(epoch)[offset])
+        f = self.full_fraction
+        before = int(np.floor(round(position * f, 9)))  # full-case positions before this one
+        is_full = int(np.floor(round((position + 1) * f, 9))) > before
+        members = self._groups[0 if is_full else 1]
+        epoch, offset = divmod(before if is_full else position - before, len(members))
+        return int(members[self._permutation(epoch, 1 if is_full else 2, len(members))[offset]])
 
     def sample(self, step: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``j`` (global position) of batch ``step``: ``(image [D, H, W], labels [D, H, W])``."""
