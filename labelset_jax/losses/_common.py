@@ -168,9 +168,8 @@ def set_logsumexp(z: Array, m: Array) -> Array:
 
 
 def softmax(z: Array) -> Array:
-    """``softmax(z)`` over the channels, in float32, from :func:`channel_logsumexp`."""
-    z = z.astype(jnp.float32)
-    return jnp.exp(z - channel_logsumexp(z))
+    """``softmax(z)`` over the channels, in float32."""
+    return jax.nn.softmax(z.astype(jnp.float32), axis=-1)
 
 
 def marginal_probs(probs: Array, m: Array, size: Array) -> Array:
@@ -196,7 +195,7 @@ def marginal_log_probs(log_probs: Array, m: Array, size: Array) -> Array:
 # at a time, so value and gradient need the arguments, the gradient and O(chunk) more memory on
 # every backend. Within a chunk everything is dense: gathers of membership rows, elementwise maps,
 # reductions over the voxel and channel axes.
-_CHUNK_ELEMENTS = 2**21
+_CHUNK_ELEMENTS = 2**20
 
 
 def _chunking(batch: int, num_voxels: int, num_channels: int) -> tuple[int, int]:

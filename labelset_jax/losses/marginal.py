@@ -91,14 +91,18 @@ def _chunk_nll(z: Array, labels: Array, weight: Array | None, *, space: LabelSpa
     """``Σ_i -log Σ_{c ∈ g_i} p_ic`` over the voxels of one chunk: ``[B]``."""
     m, _ = _common.gather_sets(labels, space)
     z = z.astype(jnp.float32)
-    nll = _common.channel_logsumexp(z) - _common.set_logsumexp(z, m)
+    nll = jax.nn.logsumexp(z, axis=-1) - jax.nn.logsumexp(z, axis=-1, where=m > 0)
     if weight is not None:
-        nll = nll * weight
-    return jnp.sum(nll[..., 0], axis=1)
+        nll = nll * weight[:, 0]
+    return jnp.sum(nll, axis=1)
 
 
 def _chunk_nll_grad(z: Array, labels: Array, scale: Array, *, space: LabelSpace) -> Array:
-    """``scale_b (p − 1[c ∈ g] p / Σ_{c' ∈ g} p_c')`` for one chunk, from the logits."""
+    """``scale_b (p − 1[c ∈ g] p / Σ_{c' ∈ g} p_c')`` for one chunk, from the logits.
+
+    Both terms are ``exp(z − logsumexp)``, over all leaves and over the set, with the same
+    arithmetic: exactly zero for the ignore label (the set of all leaves), finite for any logits.
+    """
     m, _ = _common.gather_sets(labels, space)
     z = z.astype(jnp.float32)
     probs = jnp.exp(z - _common.channel_logsumexp(z))
