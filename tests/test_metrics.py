@@ -294,3 +294,42 @@ def test_paired_wilcoxon():
     assert with_nan == metrics.paired_wilcoxon(a + 1.0, a)
     with pytest.raises(ValueError, match="a and b must be paired"):
         metrics.paired_wilcoxon(a, a[:5])
+
+
+# ----------------------------------------------------------------------------- nested bootstrap, Holm
+
+
+def test_nested_bootstrap_ci_widens_with_run_to_run_variation():
+    rng = np.random.default_rng(0)
+    cases = rng.normal(0.8, 0.05, 20)
+    steady = np.stack([cases + rng.normal(0, 0.001, 20) for _ in range(3)])
+    shaky = np.stack([cases + shift for shift in (-0.05, 0.0, 0.05)])
+    est, lo, hi = metrics.nested_bootstrap_ci(steady, num_resamples=4000)
+    assert est == pytest.approx(steady.mean()) and lo < est < hi
+    _, lo2, hi2 = metrics.nested_bootstrap_ci(shaky, num_resamples=4000)
+    assert hi2 - lo2 > 1.5 * (hi - lo)  # the seeds' spread enters the interval
+    # one run: the case-level bootstrap of the means
+    single = metrics.nested_bootstrap_ci(cases[None], num_resamples=4000, seed=1)
+    flat = metrics.bootstrap_ci(cases, num_resamples=4000, seed=1)
+    assert single.estimate == pytest.approx(flat.estimate)
+    assert single.high - single.low == pytest.approx(flat.high - flat.low, rel=0.15)
+    with_nan = steady.copy()
+    with_nan[0, 0] = np.nan
+    assert np.isfinite(metrics.nested_bootstrap_ci(with_nan, num_resamples=500).low)
+    with pytest.raises(ValueError, match="runs, cases"):
+        metrics.nested_bootstrap_ci(cases)
+
+
+def test_holm_adjust_matches_the_step_down_definition():
+    rng = np.random.default_rng(1)
+    for m in (1, 2, 5, 9):
+        p = rng.uniform(0, 0.2, m)
+        order = np.argsort(p)
+        expected = np.empty(m)
+        running = 0.0
+        for rank, i in enumerate(order):
+            running = max(running, min(1.0, (m - rank) * p[i]))
+            expected[i] = running
+        np.testing.assert_allclose(metrics.holm_adjust(p), expected)
+        assert np.all(metrics.holm_adjust(p) >= p)
+    assert np.isnan(metrics.holm_adjust([np.nan, 0.5])[0]) and metrics.holm_adjust([np.nan, 0.5])[1] == 0.5
