@@ -100,14 +100,14 @@ def _chunk_nll(z: Array, labels: Array, weight: Array | None, *, space: LabelSpa
 def _chunk_nll_grad(z: Array, labels: Array, scale: Array, *, space: LabelSpace) -> Array:
     """``scale_b (p − 1[c ∈ g] p / Σ_{c' ∈ g} p_c')`` for one chunk, from the logits.
 
-    Both terms are ``exp(z − logsumexp)``, over all leaves and over the set, with the same
-    arithmetic: exactly zero for the ignore label (the set of all leaves), finite for any logits.
+    The second term is ``exp(z − logsumexp over the set)``: finite for any logits. A voxel whose set
+    holds every leaf (the ignore label) gets exactly zero.
     """
-    m, _ = _common.gather_sets(labels, space)
+    m, size = _common.gather_sets(labels, space)
     z = z.astype(jnp.float32)
-    probs = jnp.exp(z - _common.channel_logsumexp(z))
     set_probs = jnp.where(m > 0, jnp.exp(z - _common.set_logsumexp(z, m)), 0.0)
-    return (probs - set_probs) * scale[:, None, None]
+    grad = jnp.where(size < z.shape[-1], _common.softmax(z) - set_probs, 0.0)
+    return grad * scale[:, None, None]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
