@@ -8,7 +8,8 @@ Peers measured in the same run, on the same data:
   * MONAI ``DiceLoss(softmax=True, squared_pred=True)`` forward+backward, when torch and monai are
     importable (``pip install -e '.[bench]'``); skipped otherwise.
 
-Peak memory is XLA's own account of the compiled value-and-gradient function (arguments + outputs +
+Times are medians of ``--repeats`` runs: wall clock and process CPU time (all threads). Peak
+memory is XLA's own account of the compiled value-and-gradient function (arguments + outputs +
 temporaries − aliased), divided by the size of the logits.
 
 Run: ``python benchmarks/bench_losses.py --shape 2,96,96,96,9`` (default). Prints a Markdown table.
@@ -37,14 +38,21 @@ _LOSSES = flags.DEFINE_list(
     "rows to measure: loss names, 'textbook' (plain-autodiff leaf-Dice) and 'monai'")
 
 
-def median_time(fn, repeats: int) -> float:
+def median_times(fn, repeats: int) -> tuple[float, float]:
+    """Median wall-clock and process CPU seconds of ``fn()`` (all threads; less sensitive than the
+    wall clock to other jobs on the machine)."""
     fn()  # warm-up (compilation)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def median_time(fn, repeats: int) -> float:
+    return median_times(fn, repeats)[0]
 
 
 def textbook_leaf_dice(logits, labels):
@@ -124,8 +132,8 @@ def main(argv):
             continue
         fn, second = cases[key]
         compiled = jax.jit(jax.value_and_grad(fn)).lower(logits, second).compile()
-        t = median_time(lambda: jax.block_until_ready(compiled(logits, second)), repeats)
-        rows.append((names.get(key, key), t, peak_bytes(compiled)))
+        t, cpu = median_times(lambda: jax.block_until_ready(compiled(logits, second)), repeats)
+        rows.append((names.get(key, key), t, cpu, peak_bytes(compiled)))
     monai = monai_time(logits_np, labels_np, repeats) if "monai" in _LOSSES.value else None
 
     print(f"\nlogits {shape} float32 = {nbytes / 2**20:.1f} MiB; jax {jax.__version__} on "
@@ -134,12 +142,13 @@ def main(argv):
     print(f"copy into a preallocated array (np.copyto): {warm_floor * 1e3:.1f} ms")
     if monai is not None:
         print(f"MONAI DiceLoss(softmax, squared_pred) fwd+bwd: {monai * 1e3:.1f} ms")
-    print("\n| loss (value+grad) | time (ms) | × floor | × np.copyto | MONAI ÷ this | peak memory ÷ logits |")
-    print("|---|---|---|---|---|---|")
-    for name, t, peak in rows:
+    print("\n| loss (value+grad) | time (ms) | CPU time (ms) | × floor | × np.copyto | MONAI ÷ this "
+          "| peak memory ÷ logits |")
+    print("|---|---|---|---|---|---|---|")
+    for name, t, cpu, peak in rows:
         vs_monai = f"{monai / t:.1f}" if monai is not None else "n/a"
-        print(f"| {name} | {t * 1e3:.1f} | {t / floor:.2f} | {t / warm_floor:.2f} | {vs_monai} | "
-              f"{peak / nbytes:.2f} |")
+        print(f"| {name} | {t * 1e3:.1f} | {cpu * 1e3:.0f} | {t / floor:.2f} | {t / warm_floor:.2f} | "
+              f"{vs_monai} | {peak / nbytes:.2f} |")
 
 
 if __name__ == "__main__":
