@@ -34,14 +34,22 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     cli.start(argv)
     workdirs = [w for w in _WORKDIR.value.split(",") if w]
+    if not workdirs:
+        cli.fail(f"--workdir={_WORKDIR.value!r} names no workdir")
     for w in workdirs:
         if not (Path(w) / "config.json").exists():
             cli.fail(f"{w} is not a training workdir (no config.json)")
+    output = Path(_OUTPUT.value or Path(workdirs[0]) / "eval")
+    cli.check_output_folder(output)  # before loading anything
     try:
+        if _MANIFEST.value:
+            manifest_rows = read_manifest(_MANIFEST.value)  # checks the rows and that their files exist
+            if not manifest_rows:
+                cli.fail(f"{_MANIFEST.value}: the manifest lists no case")
         models = [train.load_trained(w, best=_BEST.value) for w in workdirs]
         config = models[0].config
         if _MANIFEST.value:
-            cases = load_cases(read_manifest(_MANIFEST.value))
+            cases = load_cases(manifest_rows)
         else:
             cases = input_pipeline.create_datasets(config.data, seed=config.seed).val
         settings = EvalSettings.from_config(config)
@@ -51,8 +59,9 @@ def main(argv):
         rows = evaluate_cases(models, cases, settings, on_case=lambda case, *_: progress.update(case.id))
     except (ValueError, FileNotFoundError) as e:
         cli.fail(str(e))
+    if not rows:
+        cli.fail("no case to evaluate (the run has no validation case; pass --manifest)")
     summary = summarize(rows)
-    output = Path(_OUTPUT.value or Path(workdirs[0]) / "eval")
     files.write_csv(output / "per_case.csv", rows)
     files.write_csv(output / "summary.csv", summary)
     md = ["| metric | mean | 95% CI | n |", "|---|---|---|---|"]
@@ -62,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

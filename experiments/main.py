@@ -5,7 +5,10 @@ r"""Train and evaluate a segmentation model from a Python config file.
         --workdir=runs/leaf_dice --config.num_steps=1000
 
 Writes to the workdir: checkpoints, ``metrics.jsonl``, TensorBoard events, ``results.json`` and
-``slices.png`` (predicted parcellation next to the ground truth). An existing run is resumed.
+``slices.png`` (predicted parcellation next to the ground truth), and, once the config and the data
+have passed their checks, ``config.json`` and ``label_space.json`` (what makes the folder a training
+run for ``evaluate``/``predict``). An existing run is resumed. Bad input (a flag or config typo, a
+missing config file, a bad dataset) is one line ``error: ...`` with exit status 2.
 """
 
 from absl import app, flags, logging
@@ -21,6 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     cli.start(argv)
     config = _CONFIG.value
+    cli.check_output_folder(_WORKDIR.value, what="--workdir")
     try:
         results = train.train_and_evaluate(config, _WORKDIR.value)
     except (ValueError, FileNotFoundError) as e:
@@ -30,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

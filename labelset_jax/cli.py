@@ -4,19 +4,25 @@ line. The library's file output is :mod:`labelset_jax.files`."""
 
 from __future__ import annotations
 
+import ast
 import logging as py_logging
+import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from absl import app
+from absl import app, flags
 
 
 def quiet_orbax() -> None:
-    """Keeps orbax's INFO chatter out of the log (its warnings still show)."""
+    """Keeps orbax's INFO chatter, and jax's INFO line about each platform it did not find, out of
+    the log (their warnings still show), so that a bad-input error stays one line."""
 
     class Filter(py_logging.Filter):
         def filter(self, record):
-            return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
+            return record.levelno >= py_logging.WARNING or not (
+                "orbax" in record.pathname or record.pathname.endswith("xla_bridge.py"))
 
     for handler in py_logging.getLogger().handlers + py_logging.getLogger("absl").handlers:
         handler.addFilter(Filter())
@@ -34,6 +40,59 @@ def fail(message: str) -> None:
     """Prints one line ``error: ...`` to stderr and exits with status 2 (bad input)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """The flag parser of every entry point (``app.run(main, flags_parser=cli.parse_flags)``).
+
+    A flag error is one line ``error: ...`` and exit status 2, with absl's or ml_collections'
+    "did you mean" hint: an unknown flag or a bad value, a ``--config.field=value`` override of a
+    field the config does not have (``--config.num_stepz=3``), and a config file that cannot be
+    loaded (``--config=configs/missing.py``).
+    """
+    try:
+        remaining = flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(_one_line(e))
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config lacks
+        text = str(e.args[0]) if e.args else str(e)
+        if text[:1] in "'\"":
+            try:
+                text = ast.literal_eval(text)
+            except (SyntaxError, ValueError):
+                pass
+        fail(f"a --config.field override names no field of the config: {_one_line(text)}")
+    except OSError as e:  # a config file that cannot be loaded, met while applying an override
+        fail(f"config file: {_one_line(str(e).strip().splitlines()[-1])}")
+    for name in list(flags.FLAGS):
+        # ml_collections defers a config file's load error to the first use of the config; the
+        # stand-in it returns keeps the error as ``_error``
+        error = getattr(flags.FLAGS[name].value, "_error", None)
+        if isinstance(error, OSError):
+            fail(f"--{name}: cannot load the config file: {_one_line(str(error).strip().splitlines()[-1])}")
+    return remaining
+
+
+def check_output_folder(path, *, what: str = "--output") -> None:
+    """:func:`fail` unless ``path`` is a folder, or can be made one, that this process can write in
+    (call it before any work: a file in the way or a read-only folder is bad input)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        fail(f"{what}={path}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        fail(f"{what}={path}: cannot write in {existing} ({e.strerror or e})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"{what}={path}: {existing} is read-only")
 
 
 def check_known(given, known, *, what: str) -> None:

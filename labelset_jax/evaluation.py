@@ -124,6 +124,8 @@ def predict_case(models: TrainedModel | Sequence[TrainedModel], image: np.ndarra
 
 
 def _annotated(case: Case, space: LabelSpace, protocols: Mapping[str, AnnotationProtocol]) -> Sequence[int]:
+    if "annotated" in case.metadata:  # known per case (nnU-Net datasets: from the label sets it uses)
+        return tuple(case.metadata["annotated"])
     protocol = protocols.get(case.protocol)
     if protocol is not None and protocol.space.num_classes == space.num_classes:
         return protocol.annotated
@@ -136,8 +138,9 @@ def score_case(case: Case, prediction: Prediction, label_space: LabelSpace, *,
     """Scores one prediction against the case's labels.
 
     A case under a partial protocol (``case.protocol`` in ``protocols``, of this label space's
-    leaves) is scored only on the leaves the protocol annotates (docs/theory.md §3); the other
-    tissues are NaN.
+    leaves, or the leaves listed in ``case.metadata["annotated"]``) is scored only on the leaves
+    it annotates (docs/theory.md §3); the other tissues are NaN. Voxels holding the ignore label
+    are left out (counted as background in both maps, so only a background score sees them).
 
     Args:
       case: the case with its ground truth.
@@ -154,14 +157,20 @@ def score_case(case: Case, prediction: Prediction, label_space: LabelSpace, *,
     """
     space = label_space
     annotated = _annotated(case, space, protocols)
+    labels = case.labels
+    if space.ignore_id is not None and np.any(labels == space.ignore_id):
+        # voxels of unknown label are left out, as nnU-Net does: background in truth and prediction
+        keep = labels != space.ignore_id
+        labels = np.where(keep, labels, 0)
+        prediction = Prediction(prediction.probs * keep[..., None], np.where(keep, prediction.labels, 0))
     row: dict[str, Any] = {"id": case.id, "protocol": case.protocol}
-    row.update(evaluate_case(prediction.labels, case.labels, num_classes=space.num_classes, spacing=case.spacing,
+    row.update(evaluate_case(prediction.labels, labels, num_classes=space.num_classes, spacing=case.spacing,
                              annotated=annotated, names=space.names, hd95=hd95,
                              include_background=include_background))
     for c in range(1, space.num_classes):
         name = space.names[c]
         if c in annotated:
-            err = volume_error(prediction.probs[..., c], case.labels == c, spacing=case.spacing)
+            err = volume_error(prediction.probs[..., c], labels == c, spacing=case.spacing)
             row[f"dvol_soft_{name}"], row[f"dvol_hard_{name}"] = err.soft, err.hard
         else:
             row[f"dvol_soft_{name}"] = row[f"dvol_hard_{name}"] = float("nan")

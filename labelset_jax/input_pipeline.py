@@ -10,6 +10,13 @@ Data sources (``config.data.name``), each giving :class:`~labelset_jax.data.Case
   ``config.data.generator`` in ``boundary_noise, ambiguous_blob, independent_blobs, noise_free``.
 * ``"feta"``: a FeTA 2021 folder ``config.data.root``.
 * ``"manifest"``: a CSV manifest ``config.data.manifest`` (``id,image,label,protocol``).
+* ``"nnunet"``: an nnU-Net raw dataset folder ``config.data.path``, with label sets
+  (:mod:`labelset_jax.data.nnunet`); the label space comes from its ``dataset.json``, the
+  validation cases from its split file (fold ``config.data.fold``) or ``config.data.num_val``
+  fully annotated cases drawn with ``config.data.split_seed``.
+
+The label space of phantoms, FeTA folders and manifests is the fetal-brain space of
+docs/theory.md §4 (FeTA labels are mapped onto it; manifest rows name its protocols).
 
 ``config.data.label_transform`` implements the baselines of the partial-supervision study:
 ``"none"``; ``"naive"`` (label-set voxels become background); ``"full_only"`` (partially annotated
@@ -29,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from labelset_jax import data as data_lib
-from labelset_jax.data import Case
+from labelset_jax.data import Case, nnunet
 from labelset_jax.labelsets import FETAL_BRAIN, LabelSpace
 
 VAL_SEED_OFFSET = 100_000  # validation cases never share a seed with training cases
@@ -43,15 +50,34 @@ class Datasets:
 
 
 def label_space_for(data: ml_collections.ConfigDict) -> LabelSpace:
-    """The label space of a data config (without building the data)."""
+    """The label space of a data config (without building the data; for ``"nnunet"``, from the
+    folder's ``dataset.json``)."""
     name = data.name
+    if name == "nnunet":
+        return nnunet.read_label_space(_nnunet_path(data))
     if name in ("phantoms", "feta", "manifest"):
         return FETAL_BRAIN
     if name == "mni152":
         return data_lib.MNI_TISSUE
     if name == "synthetic":
         return data_lib.SYNTHETIC_SPACE
-    raise ValueError(f"config.data.name must be phantoms, mni152, synthetic, feta or manifest, got {name!r}")
+    raise ValueError(f"config.data.name must be phantoms, mni152, synthetic, feta, manifest or nnunet, got {name!r}")
+
+
+def _nnunet_path(data: ml_collections.ConfigDict) -> str:
+    if not data.get("path"):
+        raise ValueError("config.data.path must name the dataset folder (configs/dataset.py:/path/to/DatasetXXX_Name)")
+    return data.path
+
+
+def _nnunet_cases(data: ml_collections.ConfigDict) -> tuple[list[Case], list[Case]]:
+    """The training and validation cases of an nnU-Net dataset folder (every file checked first)."""
+    dataset = nnunet.read_dataset(_nnunet_path(data))
+    if dataset.num_channels != 1:
+        dataset.load_case(dataset.training[0])  # raises the one-line error naming the channels
+    train, val = dataset.split(fold=int(data.get("fold", 0)), num_val=int(data.get("num_val", -1)),
+                               seed=int(data.get("split_seed", 0)))
+    return [dataset.load_case(c) for c in train], [dataset.load_case(c) for c in val]
 
 
 def _apply_label_transform(cases: list[Case], transform: str, space: LabelSpace) -> list[Case]:
@@ -114,6 +140,8 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
     elif name == "synthetic":
         train_cases = _synthetic_cases(data, first, data.num_train)
         val_cases = _synthetic_cases(data, first + VAL_SEED_OFFSET, data.num_val)
+    elif name == "nnunet":
+        train_cases, val_cases = _nnunet_cases(data)
     elif name in ("feta", "manifest"):
         if name == "feta":
             if not data.get("root"):

@@ -36,10 +36,14 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from labelset_jax import checkpoints, files, input_pipeline, losses
+from labelset_jax.data import nnunet
 from labelset_jax.evaluation import EvalSettings, TrainedModel, evaluate_cases
 from labelset_jax.models import create_model
 from labelset_jax.writers import MetricWriter
 
+#: The run's label space in the workdir (``labels``/``label_sets`` as in a dataset.json), so that
+#: evaluation and prediction rebuild it without the training data.
+LABEL_SPACE_FILE = "label_space.json"
 REQUIRED_FIELDS = ("seed", "num_steps", "batch_size", "patch_size", "loss", "learning_rate",
                    "checkpoint_every", "eval_every", "data", "model")
 
@@ -238,8 +242,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     validate_config(config)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
-        files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
     # Validation as the final evaluation (config.eval), but never with test-time augmentation.
     val_settings = EvalSettings.from_config(config)._replace(tta=False)
 
@@ -251,6 +253,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     mesh = make_mesh()
     with jax.set_mesh(mesh):
         trainer, state = create_trainer(config, model, label_space, mesh)
+        if is_main:  # set-up passed: only now does the workdir become a training run
+            files.write_json(workdir / LABEL_SPACE_FILE, nnunet.label_space_to_json(label_space))
+            files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
         ckpt = checkpoints.Checkpointer(workdir, keep=config.get("keep_checkpoints", 2))
         start = 0
         metrics: dict[str, float] = {}
@@ -311,7 +316,7 @@ def load_trained(workdir: str | os.PathLike, *, best: bool = True) -> TrainedMod
     """Rebuilds a trained model from its workdir (for evaluation, prediction and notebooks).
 
     Args:
-      workdir: a training workdir (``config.json`` and checkpoints).
+      workdir: a training workdir (``config.json``, ``label_space.json`` and checkpoints).
       best: the best checkpoint by validation Dice when there is one, else the latest.
 
     Returns:
@@ -326,7 +331,11 @@ def load_trained(workdir: str | os.PathLike, *, best: bool = True) -> TrainedMod
     if not config_path.exists():
         raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    label_space = input_pipeline.label_space_for(config.data)
+    space_path = workdir / LABEL_SPACE_FILE
+    if space_path.exists():
+        label_space = nnunet.label_space_from_json(nnunet.read_json(space_path), where=str(space_path))
+    else:  # a run saved before its label space was
+        label_space = input_pipeline.label_space_for(config.data)
     model = create_model(config.model, num_classes=label_space.num_classes, rngs=nnx.Rngs(0))
     mesh = make_mesh()
     with jax.set_mesh(mesh):

@@ -382,3 +382,34 @@ def test_convert_feta_maps_its_labels_onto_the_fetal_brain_leaves(tmp_path):
     assert [c.id for c in dataset.training] == ["sub-001_rec-mial", "sub-002_rec-mial"]
     lut = np.array([FETA_TO_FETAL_BRAIN[v] for v in range(8)])
     np.testing.assert_array_equal(dataset.load("sub-002_rec-mial")[1], lut[feta_labels["sub-002"]])
+
+
+def test_cases_are_scored_only_on_what_they_annotate(mni_dataset):
+    from labelset_jax.evaluation import Prediction, score_case
+
+    dataset = read_dataset(mni_dataset[0])
+    rng = np.random.default_rng(0)
+
+    def prediction(labels):
+        probs = np.eye(4, dtype=np.float32)[labels]
+        return Prediction(probs, labels)
+
+    # WM only: CSF and GM are not scored, and what is predicted inside the set voxels among CSF/GM
+    # changes nothing
+    wm_only = dataset.load_case("mni_002")
+    assert wm_only.protocol == "background+wm" and wm_only.metadata["annotated"] == (0, 3)
+    full = mni_tissue_case(2, voxel_size=8).labels
+    pred = np.where(rng.random(full.shape) < 0.8, full, rng.integers(0, 4, full.shape)).astype(np.int32)
+    swapped = np.where(np.isin(pred, [1, 2]) & (wm_only.labels == 4), 3 - pred, pred)
+    assert not np.array_equal(swapped, pred)
+    row, row_swapped = (score_case(wm_only, prediction(p), dataset.space) for p in (pred, swapped))
+    assert np.isnan(row["dice_csf"]) and np.isnan(row["dice_gm"]) and 0 < row["dice_wm"] < 1
+    assert row == pytest.approx(row_swapped, nan_ok=True)
+    # the ignore label: voxels of unknown label are left out, whatever is predicted there
+    ignore = dataset.load_case(WITH_IGNORE)
+    assert ignore.protocol == "all+ignore" and ignore.metadata["annotated"] == (0, 1, 2, 3)
+    truth = np.where(ignore.labels == 5, 0, ignore.labels)
+    other = np.where(ignore.labels == 5, rng.integers(0, 4, truth.shape), truth).astype(np.int32)
+    row = score_case(ignore, prediction(other), dataset.space)
+    assert [row[f"dice_{n}"] for n in ("csf", "gm", "wm")] == [1.0, 1.0, 1.0]
+    assert row["dvol_soft_wm"] == pytest.approx(0.0, abs=1e-9)

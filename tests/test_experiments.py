@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +19,8 @@ import pytest
 from configs import default
 from labelset_jax import train
 from labelset_jax.data import make_phantom, phantom_affine, save_nifti
+from labelset_jax.data.nnunet import label_space_from_json
+from tests.test_data_nnunet import MNI_SPACE, make_mni_dataset
 from tests.test_train import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,3 +151,157 @@ def test_entry_points_reject_positional_arguments(tmp_path, module, flags):
     assert out.returncode != 0
     assert "unexpected arguments: ['stray']" in out.stderr
     assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+# ------------------------------------------------------------------ your own data: nnU-Net format
+NNUNET_TINY = [
+    "--config.num_steps=2", "--config.patch_size=(16,16,16)", "--config.checkpoint_every=2",
+    "--config.eval_every=2", "--config.model.num_levels=2", "--config.model.base_features=4",
+    "--config.model.max_features=8", "--config.eval.roi_size=(16,16,16)", "--config.data.prefetch=0",
+]
+
+
+def _one_line_error(out, *fragments):
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="module")
+def mni_dataset(tmp_path_factory):
+    """The MNI152 dataset of tests/test_data_nnunet.py, validated on a WM-only case and the case
+    with the ignore label (splits_final.json), to see partial cases scored on what they annotate."""
+    root = tmp_path_factory.mktemp("data") / "Dataset001_MNI"
+    make_mni_dataset(root)
+    splits = [{"train": ["mni_000", "mni_001", "mni_003"], "val": ["mni_002", "mni_004"]}]
+    (root / "splits_final.json").write_text(json.dumps(splits))
+    return root
+
+
+def test_nnunet_dataset_trains_predicts_and_evaluates_end_to_end(mni_dataset, tmp_path):
+    workdir = tmp_path / "run"
+    out = run("experiments.main", f"--config=configs/dataset.py:{mni_dataset}", f"--workdir={workdir}",
+              "--config.loss=leaf_dice", *NNUNET_TINY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # the label space travels with the run: evaluate and predict rebuild it from the workdir alone
+    assert label_space_from_json(json.loads((workdir / "label_space.json").read_text())) == MNI_SPACE
+    assert train.load_trained(workdir).label_space == MNI_SPACE
+
+    # a held-out volume, its header with non-default codes (sform: MNI 152, qform: scanner)
+    held_out = nib.load(mni_dataset / "imagesTs" / "mni_test_000_0000.nii.gz")
+    image = nib.Nifti1Image(np.asarray(held_out.dataobj), held_out.affine, held_out.header)
+    image.set_sform(held_out.affine, code=4)
+    image.set_qform(held_out.affine, code=1)
+    (tmp_path / "in").mkdir()
+    nib.save(image, tmp_path / "in" / "held_out.nii.gz")
+    out = run("experiments.predict", f"--workdir={workdir}", f"--input={tmp_path / 'in' / 'held_out.nii.gz'}",
+              f"--output={tmp_path / 'seg'}", "--probabilities")
+    assert out.returncode == 0, out.stderr[-3000:]
+    seg = nib.load(tmp_path / "seg" / "held_out_seg.nii.gz")
+    assert seg.shape == held_out.shape == (25, 30, 24)
+    np.testing.assert_allclose(seg.affine, held_out.affine, atol=1e-5)
+    assert (int(seg.header["sform_code"]), int(seg.header["qform_code"])) == (4, 1)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3}
+    assert nib.load(tmp_path / "seg" / "held_out_probs.nii.gz").shape == (25, 30, 24, 4)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "seg" / "held_out_seg.nii.gz").stat().st_mode) == 0o666 & ~umask
+
+    out = run("experiments.evaluate", f"--workdir={workdir}", f"--output={tmp_path / 'eval'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "eval" / "per_case.csv"))}
+    assert set(rows) == {"mni_002", "mni_004"}
+    wm_only, ignore = rows["mni_002"], rows["mni_004"]
+    assert wm_only["protocol"] == "background+wm" and ignore["protocol"] == "all+ignore"
+    assert wm_only["dice_csf"] == wm_only["dice_gm"] == wm_only["dvol_soft_gm"] == "nan"  # not annotated
+    assert all(np.isfinite(float(wm_only[k])) for k in ("dice_wm", "hd95_wm", "dvol_soft_wm"))
+    assert all(np.isfinite(float(ignore[f"dice_{name}"])) for name in ("csf", "gm", "wm"))
+
+
+def test_nnunet_bad_dataset_fails_before_the_run_exists(mni_dataset, tmp_path):
+    broken = tmp_path / "Dataset002_Broken"
+    shutil.copytree(mni_dataset, broken)
+    spec = json.loads((broken / "dataset.json").read_text())
+    spec["label_sets"]["not_wm"]["members"] = [1, 7]
+    (broken / "dataset.json").write_text(json.dumps(spec))
+    workdir = tmp_path / "run"
+    out = run("experiments.main", f"--config=configs/dataset.py:{broken}", f"--workdir={workdir}", *NNUNET_TINY)
+    _one_line_error(out, "dataset.json", "label_sets['not_wm'].members: 7 is not a leaf")
+    assert not (workdir / "config.json").exists() and not (workdir / "label_space.json").exists()
+    _one_line_error(run("experiments.evaluate", f"--workdir={workdir}"), "not a training workdir")
+    _one_line_error(run("experiments.main", "--config=configs/dataset.py", f"--workdir={workdir}"),
+                    "config.data.path must name the dataset folder")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--config=configs/default.py", "--config.num_stepz=3"], ["num_stepz", 'Did you mean "num_steps"']),
+    (["--config=configs/default.py", "--config.data.protocols.fulll=1"], ["fulll", 'Did you mean "full"']),
+    (["--config=configs/missing.py"], ["--config", "configs/missing.py", "No such file"]),
+    (["--config=configs/missing.py", "--config.num_steps=3"], ["configs/missing.py", "No such file"]),
+    (["--config=configs/default.py", "--workdirr=x"], ["workdirr", "Did you mean: workdir"]),
+    (["--config=configs/default.py", "--config.num_steps=abc"], ["--config.num_steps=abc"]),
+])
+def test_main_flag_errors_are_one_line_with_absl_hint(tmp_path, args, fragments):
+    workdir_flag = [] if any(a.startswith("--workdirr") for a in args) else [f"--workdir={tmp_path / 'run'}"]
+    _one_line_error(run("experiments.main", *args, *workdir_flag), *fragments)
+    assert not any(tmp_path.iterdir())
+
+
+def test_predict_rejects_nan_or_inf_intensities_and_writes_nothing(workdir, tmp_path):
+    image, _ = make_phantom(3, shape=(16, 16, 16))
+    save_nifti(tmp_path / "in" / "a_good.nii.gz", image, np.eye(4))
+    image[3, 4, 5], image[0, 0, 0] = np.nan, np.inf
+    save_nifti(tmp_path / "in" / "b_bad.nii.gz", image, np.eye(4))
+    out = run("experiments.predict", f"--workdir={workdir}", f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}")
+    _one_line_error(out, "b_bad.nii.gz: image holds 2 NaN or Inf intensities")
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_warns_on_an_all_zero_image(workdir, tmp_path):
+    save_nifti(tmp_path / "zeros.nii.gz", np.zeros((16, 16, 16), np.float32), np.eye(4))
+    out = run("experiments.predict", f"--workdir={workdir}", f"--input={tmp_path / 'zeros.nii.gz'}",
+              f"--output={tmp_path / 'out'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "zeros.nii.gz: the image is all zeros" in out.stderr
+    assert (tmp_path / "out" / "zeros_seg.nii.gz").exists()
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in: a chmod 555 folder, or (as root, who ignores
+    permissions) /sys where Linux lets nobody create files; skips where neither exists."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys")):
+        try:
+            with tempfile.TemporaryFile(dir=candidate):
+                pass
+        except OSError:
+            return candidate
+    pytest.skip("no folder this process cannot write in")
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "read_only"])
+@pytest.mark.parametrize("module", ["experiments.predict", "experiments.evaluate"])
+def test_outputs_that_cannot_be_written_fail_before_the_model_loads(workdir, tmp_path, module, where):
+    if where == "under_a_file":
+        (tmp_path / "a_file").write_text("x")
+        output, fragment = tmp_path / "a_file" / "out", "a_file is a file, not a folder"
+    else:
+        output, fragment = _read_only_folder(tmp_path) / "out", "cannot write in"
+    save_nifti(tmp_path / "scan.nii.gz", np.ones((16, 16, 16), np.float32), np.eye(4))
+    extra = [f"--input={tmp_path / 'scan.nii.gz'}"] if module.endswith("predict") else []
+    out = run(module, f"--workdir={workdir}", *extra, f"--output={output}")
+    _one_line_error(out, f"--output={output}", fragment)
+    assert "Restor" not in out.stderr  # checked before any checkpoint was read
+
+
+def test_evaluate_rejects_an_empty_workdir_list_and_an_empty_manifest(workdir, tmp_path):
+    _one_line_error(run("experiments.evaluate", "--workdir=,"), "--workdir=',' names no workdir")
+    (tmp_path / "empty.csv").write_text("id,image,label,protocol\n")
+    out = run("experiments.evaluate", f"--workdir={workdir}", f"--manifest={tmp_path / 'empty.csv'}",
+              f"--output={tmp_path / 'eval'}")
+    _one_line_error(out, "empty.csv: the manifest lists no case")
+    assert not (tmp_path / "eval").exists()

@@ -27,7 +27,7 @@ import numpy as np
 from labelset_jax import files
 from labelset_jax.labelsets import LabelSpace, validate_labels
 
-__all__ = ["load_nifti", "save_nifti", "load_labels", "load_case", "spacing_of"]
+__all__ = ["load_nifti", "load_header", "save_nifti", "load_labels", "load_case", "spacing_of"]
 
 PathLike = str | os.PathLike
 
@@ -193,6 +193,22 @@ def load_case(
     return image, labels, affine, spacing
 
 
+def load_header(path: PathLike) -> tuple[tuple[int, int, int], np.ndarray, Any]:
+    """The shape, affine and header of a 3D NIfTI file, read from its header alone (no voxels):
+    the checks of :func:`load_nifti` that need no voxel data, for checking many files up front.
+
+    Raises:
+      ValueError: the file is missing, not a NIfTI image, or not 3D; the message starts with the path.
+    """
+    img = _open(path, canonical=False)
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ValueError(f"{path}: expected a 3D volume (or 4D with a trailing singleton axis), got shape {shape}")
+    return shape, np.asarray(img.affine, dtype=np.float64), img.header
+
+
 def save_nifti(path: PathLike, array: np.ndarray, affine: np.ndarray, *, header: Any = None) -> None:
     """Writes a NIfTI file atomically (:func:`labelset_jax.files.atomic_path`).
 
@@ -204,7 +220,8 @@ def save_nifti(path: PathLike, array: np.ndarray, affine: np.ndarray, *, header:
       path: the destination (``.nii`` or ``.nii.gz``: the suffix picks the compression).
       array: a 3D (or 4D) array.
       affine: the ``[4, 4]`` voxel-to-world matrix (sform and qform are both set, code 1).
-      header: an optional NIfTI header to start from (e.g. the source image's).
+      header: an optional NIfTI header to start from (e.g. the source image's); its sform and
+        qform, with their codes, are then kept instead.
     """
     path = Path(path)
     array = np.asarray(array)
@@ -215,8 +232,12 @@ def save_nifti(path: PathLike, array: np.ndarray, affine: np.ndarray, *, header:
     img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64), header=header)
     img.set_data_dtype(array.dtype)
     img.header.set_xyzt_units("mm", "sec")
-    img.set_sform(img.affine, code=1)
-    img.set_qform(img.affine, code=1)
+    if header is None:
+        img.set_sform(img.affine, code=1)
+        img.set_qform(img.affine, code=1)
+    else:  # the source's transforms keep their codes (e.g. 2 aligned, 4 MNI), as viewers read them
+        img.set_sform(header.get_sform(), code=int(header["sform_code"]))
+        img.set_qform(header.get_qform(), code=int(header["qform_code"]))
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     with files.atomic_path(path, suffix=suffix) as tmp:
         nib.save(img, tmp)

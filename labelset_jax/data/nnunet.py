@@ -53,11 +53,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from labelset_jax import files
-from labelset_jax.data.nifti import load_labels, load_nifti, save_nifti, spacing_of
+from labelset_jax.data.case import Case
+from labelset_jax.data.nifti import load_header, load_labels, load_nifti, save_nifti, spacing_of
 from labelset_jax.labelsets import LabelSpace
 
 __all__ = [
@@ -65,6 +65,8 @@ __all__ = [
     "DatasetCase",
     "NnunetDataset",
     "read_dataset",
+    "read_label_space",
+    "read_json",
     "write_dataset",
     "label_space_from_json",
     "label_space_to_json",
@@ -326,8 +328,46 @@ class NnunetDataset:
         return np.stack(channels, axis=-1), labels, case.affine, case.spacing
 
 
+    def protocol_name(self, case: DatasetCase) -> str:
+        """A name for what ``case`` annotates: ``"full"``; else its annotated leaves joined by
+        ``+`` (``"all"`` when it annotates every leaf), with ``+ignore`` when it uses the ignore
+        label, e.g. ``"background+wm"`` or ``"all+ignore"``."""
+        if case.is_full:
+            return "full"
+        if case.annotated == tuple(range(self.space.num_classes)):
+            name = "all"
+        else:
+            name = "+".join(self.space.names[c] for c in case.annotated)
+        return name + ("+ignore" if case.has_ignore else "")
+
+    def load_case(self, case: DatasetCase | str) -> Case:
+        """Loads a labelled single-channel case as the library's :class:`~labelset_jax.data.Case`.
+
+        ``protocol`` is :meth:`protocol_name`; ``metadata["annotated"]`` holds the leaves the
+        case is scored on.
+
+        Raises:
+          DatasetError: the dataset has several input channels, the case has no label file, or
+            any error of :meth:`load`.
+        """
+        if isinstance(case, str):
+            case = self.case(case)
+        if self.num_channels != 1:
+            raise DatasetError(
+                f"{self.root / 'dataset.json'}: {self.num_channels} input channels {list(self.channel_names)}; "
+                "training and evaluation take one channel for now (load() stacks them)"
+            )
+        if case.label_path is None:
+            raise DatasetError(f"{case.image_paths[0]}: case {case.id!r} has no label file")
+        image, labels, affine, spacing = self.load(case)
+        return Case(case.id, image[..., 0], labels, spacing, self.protocol_name(case), affine,
+                    metadata={"annotated": case.annotated})
+
+
 # ---------------------------------------------------------------------------------- reading
-def _read_json(path: Path) -> Any:
+def read_json(path: str | os.PathLike) -> Any:
+    """Parses a JSON file; :class:`DatasetError` naming the file (and the line) when it cannot."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -349,20 +389,13 @@ def _channel_names(spec: Mapping[str, Any], where: Path) -> tuple[str, ...]:
     return tuple(str(names[str(i)]) for i in range(len(names)))
 
 
-def _header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+def _header(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape and affine from the NIfTI header (no voxel data read)."""
     try:
-        img = nib.load(str(path))
-    except Exception as e:  # nibabel raises many types for bad files
-        raise DatasetError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise DatasetError(f"{path}: not a NIfTI image")
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise DatasetError(f"{path}: expected a 3D volume, got shape {shape}")
-    return shape, np.asarray(img.affine, np.float64)
+        shape, affine, _ = load_header(path)
+    except ValueError as e:
+        raise DatasetError(str(e)) from e
+    return shape, affine
 
 
 def _list_cases(folder: Path, ending: str, *, channels: bool) -> dict[str, dict[int, Path]] | dict[str, Path]:
@@ -453,7 +486,7 @@ def _read_splits(root: Path, case_ids: Sequence[str]) -> tuple[tuple | None, Pat
             break
     else:
         return None, None
-    folds = _read_json(path)
+    folds = read_json(path)
     if not isinstance(folds, list) or not folds:
         raise DatasetError(f"{path}: must be a non-empty list of {{\"train\": [...], \"val\": [...]}}")
     known = set(case_ids)
@@ -479,6 +512,21 @@ def _read_splits(root: Path, case_ids: Sequence[str]) -> tuple[tuple | None, Pat
     return tuple(out), path
 
 
+def read_label_space(root: str | os.PathLike) -> LabelSpace:
+    """The label space of a dataset folder, from its ``dataset.json`` alone (nothing else read).
+
+    Raises:
+      DatasetError: a missing or invalid ``dataset.json`` (see :func:`label_space_from_json`).
+    """
+    json_path = Path(root) / "dataset.json"
+    if not json_path.is_file():
+        raise DatasetError(f"{json_path}: missing (every dataset folder needs a dataset.json)")
+    spec = read_json(json_path)
+    if not isinstance(spec, Mapping):
+        raise DatasetError(f"{json_path}: must hold a JSON object, got {type(spec).__name__}")
+    return label_space_from_json(spec, where=str(json_path))
+
+
 def read_dataset(root: str | os.PathLike, *, check_labels: bool = True, atol: float = 1e-3) -> NnunetDataset:
     """Reads and checks a dataset folder (see the module docstring); loads no image.
 
@@ -500,7 +548,7 @@ def read_dataset(root: str | os.PathLike, *, check_labels: bool = True, atol: fl
         raise DatasetError(f"{root}: not a folder (expected a DatasetXXX_Name folder with dataset.json)")
     if not json_path.is_file():
         raise DatasetError(f"{json_path}: missing (every dataset folder needs a dataset.json)")
-    spec = _read_json(json_path)
+    spec = read_json(json_path)
     if not isinstance(spec, Mapping):
         raise DatasetError(f"{json_path}: must hold a JSON object, got {type(spec).__name__}")
     channel_names = _channel_names(spec, json_path)
