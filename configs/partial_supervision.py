@@ -1,8 +1,18 @@
 """The label-set comparison of Fidon et al. 2021 (docs/theory.md §4) on embedded phantoms: one method per run.
 
     python -m experiments.main --config=configs/partial_supervision.py:leaf_dice --workdir=runs/ps_leaf_dice
+    python -m experiments.main --config=configs/partial_supervision.py:leaf_dice,paper --workdir=runs/ps_paper
 
-METHOD is one of:
+The study design of the paper: a few fully segmented *normal* atlases, and a partially annotated
+cohort under the three protocols (sets 9, 10, 11) of which half the brains are abnormal
+(ventriculomegaly, a small cerebellum moved down and forward, as in open spina bifida), so that the
+partial annotations show anatomy the atlases lack. The data are a function of ``config.data.seed``
+alone (a data seed), so runs with different ``config.seed`` share the cohort. Every batch holds a
+fraction ``config.data.full_fraction`` of atlas samples (balanced by default; ``None`` samples the
+cases uniformly, as the paper did). ``config.study`` holds what the study driver
+(``experiments/partial_supervision_study.py``) adds: run seeds and the held-out test set.
+
+ARG is ``METHOD`` or ``METHOD,SCALE``. METHOD is one of:
   full_only      mean soft Dice on the fully segmented volumes only;
   naive          soft Dice on every volume, label-set voxels treated as background;
   soft_target    Dice of the raw softmax against the uniform set target Φ(g) (not a label-set loss);
@@ -10,6 +20,9 @@ METHOD is one of:
   leaf_dice      leaf-Dice (label-set loss);
   leaf_dice_ce   leaf-Dice + marginal cross-entropy;
   marginal_ce    marginal cross-entropy.
+SCALE is ``cpu`` (default: sized so that the study's 18 runs, 6 methods × 3 seeds, and their
+evaluation finish within an hour on 2 CPU cores), ``paper`` (a GPU: 96³ phantoms, the reference
+U-Net, 6 atlases + 60 partial cases, 3,000 steps, 10 seeds) or ``smoke`` (seconds, for tests).
 """
 
 import ml_collections
@@ -27,16 +40,79 @@ METHODS = {
     "marginal_ce": ("marginal_cross_entropy", "none"),
 }
 
+#: The methods the study compares by default (marginal_ce is available, not part of the paper's table).
+STUDY_METHODS = ("full_only", "naive", "soft_target", "marginal_dice", "leaf_dice", "leaf_dice_ce")
 
-def get_config(method: str = "leaf_dice") -> ml_collections.ConfigDict:
+SCALES = ("cpu", "paper", "smoke")
+
+
+def get_config(arg: str = "leaf_dice") -> ml_collections.ConfigDict:
+    method, _, scale = arg.partition(",")
+    scale = scale or "cpu"
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {list(SCALES)}")
     config = default.get_config()
     config.method = method
     config.loss, config.data.label_transform = METHODS[method]
-    # Few atlases, many partial volumes: the regime where the label-set losses matter.
-    config.data.protocols = ml_collections.ConfigDict(
-        dict(full=2, wm_vent_cereb=4, plus_ecsf=4, plus_ecsf_cc=4)
-    )
-    config.data.num_val = 4
+
+    data = config.data
+    data.seed = 0  # the data seed: cohort, validation and test cases; config.seed is the run seed
+    data.augment = True
+    data.foreground_prob = 0.7
+    data.full_fraction = 0.5  # balanced: one atlas and one partial case per batch of 2; None = uniform
+    if scale in ("cpu", "smoke"):
+        data.shape = (40, 40, 40)
+        # 2 normal atlases; 12 partial cases, 4 per protocol, of which 2 abnormal.
+        data.protocols = ml_collections.ConfigDict(dict(full=2, wm_vent_cereb=4, plus_ecsf=4, plus_ecsf_cc=4))
+        data.abnormal = ml_collections.ConfigDict(dict(full=0, wm_vent_cereb=2, plus_ecsf=2, plus_ecsf_cc=2))
+        data.num_val = 2
+        config.num_steps = 250
+        config.batch_size = 2
+        config.patch_size = (32, 32, 32)
+        config.model.preset = "small"
+        config.model.num_levels = 3
+        config.model.base_features = 8
+        config.model.max_features = 32
+        config.checkpoint_every = 100
+        config.eval_every = 300
+        config.eval.roi_size = (32, 32, 32)
+        config.eval.overlap = 0.25
+        if scale == "smoke":
+            data.shape = (32, 32, 32)
+            data.protocols = ml_collections.ConfigDict(dict(full=1, wm_vent_cereb=1, plus_ecsf=1, plus_ecsf_cc=0))
+            data.abnormal = ml_collections.ConfigDict(dict(full=0, wm_vent_cereb=1, plus_ecsf=0, plus_ecsf_cc=0))
+            data.num_val = 1
+            data.prefetch = 0
+            config.num_steps = 2
+            config.patch_size = (16, 16, 16)
+            config.model.num_levels, config.model.base_features, config.model.max_features = 2, 4, 8
+            config.eval.roi_size = (16, 16, 16)
+    else:
+        data.shape = (96, 96, 96)
+        data.protocols = ml_collections.ConfigDict(dict(full=6, wm_vent_cereb=20, plus_ecsf=20, plus_ecsf_cc=20))
+        data.abnormal = ml_collections.ConfigDict(dict(full=0, wm_vent_cereb=10, plus_ecsf=10, plus_ecsf_cc=10))
+        data.num_val = 4
+        config.num_steps = 3000
+        config.batch_size = 2
+        config.patch_size = (64, 64, 64)
+        config.learning_rate = 1e-3
+        config.model.preset = "reference"
+        config.checkpoint_every = 500
+        config.eval_every = 1000
+        config.eval.roi_size = (64, 64, 64)
+        config.eval.overlap = 0.5
+        config.eval.sw_batch_size = 4
+    config.eval.tta = False
+
+    # What the study driver adds to the runs: run seeds and the held-out, fully segmented test set
+    # (seeds 1000 * data.seed + test_seed_offset + i; normal cases first).
+    sizes = {"cpu": (3, 10), "paper": (10, 20), "smoke": (2, 1)}  # run seeds, test cases per group
+    config.study = ml_collections.ConfigDict(dict(
+        seeds=sizes[scale][0],
+        num_test_normal=sizes[scale][1],
+        num_test_abnormal=sizes[scale][1],
+        test_seed_offset=200_000,
+    ))
     return config

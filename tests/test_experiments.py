@@ -103,16 +103,29 @@ def test_predict_bad_input_exits_2_with_one_line(workdir, tmp_path, content, mes
     assert not (tmp_path / "out").exists()
 
 
-def test_partial_supervision_study_runs_one_step_per_method(tmp_path):
-    out = run("experiments.partial_supervision_study", "--steps=1", "--num_val=1", "--methods=leaf_dice,naive",
-              f"--runs={tmp_path / 'runs'}", f"--results={tmp_path / 'results'}")
+def test_partial_supervision_study_runs_scores_and_resumes(tmp_path):
+    args = ["--scale=smoke", "--seeds=1", "--methods=leaf_dice,full_only", f"--runs={tmp_path / 'runs'}",
+            f"--results={tmp_path / 'results'}"]
+    out = run("experiments.partial_supervision_study", *args)
     assert out.returncode == 0, out.stderr[-2000:]
     table = (tmp_path / "results" / "partial_supervision.md").read_text()
-    assert "| leaf_dice |" in table and "| naive |" in table and "Wilcoxon" in table
+    assert "Command: `python -m experiments.partial_supervision_study --scale=smoke" in table
+    assert "| leaf_dice |" in table and "| full_only |" in table and "p (Holm)" in table
+    assert "partial tissues, abnormal" in table and "never-annotated, normal" in table
     rows = list(csv.DictReader(open(tmp_path / "results" / "per_case.csv")))
-    assert [r["method"] for r in rows] == ["leaf_dice", "naive"]
+    assert len(rows) == 2 * 2 * 8  # methods x test cases (1 normal, 1 abnormal) x tissues
+    assert {(r["method"], r["seed"], r["group"]) for r in rows} == {
+        (m, "0", g) for m in ("leaf_dice", "full_only") for g in ("normal", "abnormal")}
+    assert {r["tissue"] for r in rows if r["annotated_by_partial_data"] == "True"} == {
+        "wm", "ventricles", "cerebellum", "ecsf"}  # smoke cohort: protocols 9 and 10 only
     assert (tmp_path / "results" / "partial_supervision.png").stat().st_size > 0
-    assert not list((tmp_path / "results").glob("*.tmp"))
+    assert (tmp_path / "runs" / "leaf_dice" / "seed_0" / "test_scores.json").exists()
+    again = run("experiments.partial_supervision_study", *args)  # finished runs are reused
+    assert again.returncode == 0 and again.stderr.count("reusing") == 2, again.stderr[-2000:]
+    assert list(csv.DictReader(open(tmp_path / "results" / "per_case.csv"))) == rows
+    other = run("experiments.partial_supervision_study", *args[:-1], "--steps=3", f"--results={tmp_path / 'other'}")
+    assert other.returncode == 2 and "holds a run of another configuration" in other.stderr
+    assert not (tmp_path / "other").exists()
 
 
 def test_volume_bias_study_runs_one_step_per_arm(tmp_path):
@@ -128,7 +141,8 @@ def test_volume_bias_study_runs_one_step_per_arm(tmp_path):
 
 @pytest.mark.parametrize("module,args,message", [
     ("experiments.partial_supervision_study", ["--methods=leaf_dice,bogus"], "unknown method"),
-    ("experiments.partial_supervision_study", ["--num_val=0"], "--num_val must be >= 1"),
+    ("experiments.partial_supervision_study", ["--num_test=0"], "--num_test must be >= 1"),
+    ("experiments.partial_supervision_study", ["--full_fraction=1.5"], "--full_fraction must be a number in [0, 1]"),
     ("experiments.volume_bias_study", ["--arms=bogus"], "unknown arm"),
     ("experiments.volume_bias_study", ["--ps=1.5"], "--ps must lie in [0, 1]"),
 ])
