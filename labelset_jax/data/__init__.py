@@ -13,6 +13,8 @@ Modules:
   (needs the optional ``mni`` extra: nilearn).
 * :mod:`~labelset_jax.data.synthetic`: binary tasks with known label uncertainty ``q``.
 * :mod:`~labelset_jax.data.datasets`: partially annotated cohorts, CSV manifests, FeTA.
+* :mod:`~labelset_jax.data.nnunet`: nnU-Net raw dataset folders with label sets (your own data),
+  checked before any work.
 * :mod:`~labelset_jax.data.transforms`: the normalisation (:func:`normalize_image`), patches and
   augmentation.
 * :mod:`~labelset_jax.data.loader`: the prefetching, resumable patch loader.
