@@ -40,7 +40,12 @@ with one line naming the file, field or value.
 ``splits.json``) when the folder has one, as nnU-Net does; otherwise it draws ``num_val``
 validation cases from the fully annotated cases with a seeded generator.
 
-:func:`write_dataset` writes cases (and a label space) in this format, atomically.
+**Use.** :meth:`NnunetDataset.load_case` gives a labelled case as the library's
+:class:`~labelset_jax.data.Case` (``metadata["annotated"]`` holds its annotated leaves, which the
+evaluation honours); :meth:`NnunetDataset.load` gives the arrays, channels last.
+:func:`read_label_space` reads the label space alone, :func:`label_space_to_json` writes one in
+``dataset.json``'s notation (a training run saves its space so), and :func:`write_dataset` writes
+cases in this format, atomically.
 """
 
 from __future__ import annotations
