@@ -37,7 +37,8 @@ _PROTOCOLS = flags.DEFINE_string(
     "protocols", "full:4,wm_vent_cereb:2,plus_ecsf:2,plus_ecsf_cc:2",
     "Phantoms: training cases per annotation protocol, protocol:count,...")
 _SHAPE = flags.DEFINE_list("shape", ["48", "48", "48"], "Phantoms: volume shape D,H,W (each >= 32).")
-_NUM_TEST = flags.DEFINE_integer("num_test", 2, "Phantoms: fully segmented held-out cases (imagesTs/labelsTs).")
+_NUM_TEST = flags.DEFINE_integer("num_test", 2, "Phantoms: fully segmented held-out cases (imagesTs/labelsTs).",
+                                lower_bound=0)
 _SEED = flags.DEFINE_integer("seed", 0, "Phantoms: the first training case's seed (test cases follow another range).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
 flags.mark_flags_as_required(["source", "output"])
@@ -118,8 +119,9 @@ def main(argv):
         if output.parent.exists() and not output.parent.is_dir():
             raise ValueError(f"{output.parent}: not a folder")
         if _SOURCE.value == "phantoms":
-            path = convert_phantoms(output, protocols=parse_protocols(_PROTOCOLS.value), shape=parse_shape(_SHAPE.value),
-                                    num_test=_NUM_TEST.value, seed=_SEED.value, overwrite=_OVERWRITE.value)
+            path = convert_phantoms(output, protocols=parse_protocols(_PROTOCOLS.value),
+                                    shape=parse_shape(_SHAPE.value), num_test=_NUM_TEST.value, seed=_SEED.value,
+                                    overwrite=_OVERWRITE.value)
         else:
             if not _INPUT.value:
                 raise ValueError("--source=feta needs --input=/path/to/feta")

@@ -268,7 +268,8 @@ def test_predict_rejects_nan_or_inf_intensities_and_writes_nothing(workdir, tmp_
     save_nifti(tmp_path / "in" / "a_good.nii.gz", image, np.eye(4))
     image[3, 4, 5], image[0, 0, 0] = np.nan, np.inf
     save_nifti(tmp_path / "in" / "b_bad.nii.gz", image, np.eye(4))
-    out = run("experiments.predict", f"--workdir={workdir}", f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}")
+    out = run("experiments.predict", f"--workdir={workdir}", f"--input={tmp_path / 'in'}",
+              f"--output={tmp_path / 'out'}")
     _one_line_error(out, "b_bad.nii.gz: image holds 2 NaN or Inf intensities")
     assert not (tmp_path / "out").exists()
 

@@ -283,7 +283,8 @@ class NnunetDataset:
         by_id = {c.id: c for c in self.training}
         if self.splits is not None:
             if not 0 <= int(fold) < len(self.splits):
-                raise DatasetError(f"{self.splits_path}: fold {fold} requested, the file has folds 0..{len(self.splits) - 1}")
+                raise DatasetError(
+                    f"{self.splits_path}: fold {fold} requested, the file has folds 0..{len(self.splits) - 1}")
             entry = self.splits[int(fold)]
             return [by_id[i] for i in entry["train"]], [by_id[i] for i in entry["val"]]
         full = [c for c in self.training if c.is_full]
@@ -296,12 +297,14 @@ class NnunetDataset:
                 f"annotated (no label set, no ignore label); lower num_val or add a {SPLITS_FILES[-1]}"
             )
         if num_val >= len(self.training):
-            raise DatasetError(f"{self.root}: num_val={num_val} leaves no training case ({len(self.training)} in total)")
+            raise DatasetError(
+                f"{self.root}: num_val={num_val} leaves no training case ({len(self.training)} in total)")
         chosen = set(np.random.default_rng(seed).choice(len(full), size=num_val, replace=False).tolist())
         val_ids = {full[i].id for i in chosen}
         return ([c for c in self.training if c.id not in val_ids], [c for c in self.training if c.id in val_ids])
 
-    def load(self, case: DatasetCase | str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[float, float, float]]:
+    def load(self, case: DatasetCase | str
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[float, float, float]]:
         """Reads a case's voxels.
 
         Returns:
@@ -446,7 +449,8 @@ def _check_case(case_id: str, channel_files: Mapping[int, Path], label_path: Pat
             raise DatasetError(f"{path}: shape {other_shape} differs from {shape} of {files[0].name}")
         diff = float(np.max(np.abs(other_affine - affine)))
         if diff > atol:
-            raise DatasetError(f"{path}: affine differs from that of {files[0].name} by up to {diff:.4g} (tolerance {atol})")
+            raise DatasetError(
+                f"{path}: affine differs from that of {files[0].name} by up to {diff:.4g} (tolerance {atol})")
     return shape, affine
 
 
@@ -480,7 +484,8 @@ def _label_values(path: Path, space: LabelSpace) -> tuple[int, ...]:
             valid += f", label sets {sets}"
         if space.ignore_id is not None:
             valid += f", ignore {space.ignore_id}"
-        raise DatasetError(f"{path}: label value(s) {bad[:10]} are neither a leaf, a label set nor the ignore label ({valid})")
+        raise DatasetError(
+            f"{path}: label value(s) {bad[:10]} are neither a leaf, a label set nor the ignore label ({valid})")
     return tuple(int(v) for v in values)
 
 
@@ -573,17 +578,20 @@ def read_dataset(root: str | os.PathLike, *, check_labels: bool = True, atol: fl
             raise DatasetError(f"{labels_dir / (case_id + ending)}: missing (the label file of case {case_id!r})")
     for case_id in sorted(labels):
         if case_id not in images:
-            raise DatasetError(f"{images_dir / (case_id + '_0000' + ending)}: missing (case {case_id!r} has a label file but no image)")
+            raise DatasetError(
+                f"{images_dir / (case_id + '_0000' + ending)}: missing (case {case_id!r} has a label file but no image)")
     if declared is not None and declared != len(labels):
         hint = _count_other_endings(labels_dir, ending) if declared > len(labels) else ""
-        raise DatasetError(f"{json_path}: numTraining is {declared} but {labels_dir} holds {len(labels)} case(s) ending {ending}{hint}")
+        raise DatasetError(
+            f"{json_path}: numTraining is {declared} but {labels_dir} holds {len(labels)} case(s) ending {ending}{hint}")
     if not labels:
         raise DatasetError(f"{labels_dir}: no case ending {ending}{_count_other_endings(labels_dir, ending)}")
 
     num_channels = len(channel_names)
     checked = {}
     for case_id in sorted(labels):
-        checked[case_id] = _check_case(case_id, images[case_id], labels[case_id], num_channels, images_dir, ending, atol)
+        checked[case_id] = _check_case(case_id, images[case_id], labels[case_id], num_channels, images_dir, ending,
+                                       atol)
     test_images = _list_cases(root / "imagesTs", ending, channels=True)
     test_labels = _list_cases(root / "labelsTs", ending, channels=False)
     test_checked = {}
@@ -599,7 +607,8 @@ def read_dataset(root: str | os.PathLike, *, check_labels: bool = True, atol: fl
         if label_path is None:
             return DatasetCase(case_id, paths, None, shape, affine)
         if not check_labels:
-            return DatasetCase(case_id, paths, label_path, shape, affine, (), tuple(range(space.num_classes)), False, True)
+            everything = tuple(range(space.num_classes))
+            return DatasetCase(case_id, paths, label_path, shape, affine, (), everything, False, True)
         values = _label_values(label_path, space)
         annotated, has_ignore, full = _annotation(values, space)
         return DatasetCase(case_id, paths, label_path, shape, affine, values, annotated, has_ignore, full)
@@ -688,12 +697,14 @@ def write_dataset(
                     continue
                 labels = np.asarray(labels)
                 if labels.shape != channels[0].shape:
-                    raise DatasetError(f"case {case.id!r}: label shape {labels.shape} differs from image shape {channels[0].shape}")
+                    raise DatasetError(
+                        f"case {case.id!r}: label shape {labels.shape} differs from image shape {channels[0].shape}")
                 try:
                     space.validate(labels, what=f"case {case.id!r}: labels")
                 except ValueError as e:
                     raise DatasetError(str(e)) from e
-                save_nifti(tmp / f"labels{folder}" / f"{case.id}.nii.gz", labels.astype(_label_dtype(labels)), case.affine)
+                save_nifti(tmp / f"labels{folder}" / f"{case.id}.nii.gz", labels.astype(_label_dtype(labels)),
+                           case.affine)
         spec = {
             "name": name or root.name,
             "channel_names": {str(k): str(n) for k, n in enumerate(channel_names)},
