@@ -62,11 +62,11 @@ def get_config(arg: str = "leaf_dice") -> ml_collections.ConfigDict:
     data.augment = True
     data.foreground_prob = 0.7
     data.full_fraction = 0.5  # balanced: one atlas and one partial case per batch of 2; None = uniform
+    data.abnormal_fraction = 0.5  # of each partial protocol's cases; the atlases are normal
     if scale in ("cpu", "smoke"):
         data.shape = (40, 40, 40)
         # 2 normal atlases; 12 partial cases, 4 per protocol, of which 2 abnormal.
         data.protocols = ml_collections.ConfigDict(dict(full=2, wm_vent_cereb=4, plus_ecsf=4, plus_ecsf_cc=4))
-        data.abnormal = ml_collections.ConfigDict(dict(full=0, wm_vent_cereb=2, plus_ecsf=2, plus_ecsf_cc=2))
         data.num_val = 2
         config.num_steps = 250
         config.batch_size = 2
@@ -82,7 +82,6 @@ def get_config(arg: str = "leaf_dice") -> ml_collections.ConfigDict:
         if scale == "smoke":
             data.shape = (32, 32, 32)
             data.protocols = ml_collections.ConfigDict(dict(full=1, wm_vent_cereb=1, plus_ecsf=1, plus_ecsf_cc=0))
-            data.abnormal = ml_collections.ConfigDict(dict(full=0, wm_vent_cereb=1, plus_ecsf=0, plus_ecsf_cc=0))
             data.num_val = 1
             data.prefetch = 0
             config.num_steps = 2
@@ -92,7 +91,6 @@ def get_config(arg: str = "leaf_dice") -> ml_collections.ConfigDict:
     else:
         data.shape = (96, 96, 96)
         data.protocols = ml_collections.ConfigDict(dict(full=6, wm_vent_cereb=20, plus_ecsf=20, plus_ecsf_cc=20))
-        data.abnormal = ml_collections.ConfigDict(dict(full=0, wm_vent_cereb=10, plus_ecsf=10, plus_ecsf_cc=10))
         data.num_val = 4
         config.num_steps = 3000
         config.batch_size = 2

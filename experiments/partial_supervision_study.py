@@ -234,7 +234,6 @@ def markdown(result: dict, methods: list[str], reference: str, partial: list[str
     data = config.data
     atlases = int(data.protocols.get("full", 0))
     n_partial = sum(int(v) for k, v in dict(data.protocols).items() if k != "full")
-    n_abnormal = sum(int(v) for v in dict(data.abnormal or {}).values())
     fraction = "uniform over the cases" if data.full_fraction is None else f"{data.full_fraction:g} atlas share"
     lines = [
         "# Partial supervision on phantoms: label-set losses against the baselines",
@@ -243,8 +242,8 @@ def markdown(result: dict, methods: list[str], reference: str, partial: list[str
         f"Date: {datetime.date.today().isoformat()}",
         "",
         f"Design: {atlases} normal, fully segmented atlases; {n_partial} partially annotated cases "
-        f"({', '.join(f'{v} {k}' for k, v in dict(data.protocols).items() if k != 'full')}), {n_abnormal} of them "
-        f"abnormal; phantoms {tuple(data.shape)}; data seed {data.seed}; batches {config.batch_size} "
+        f"({', '.join(f'{v} {k}' for k, v in dict(data.protocols).items() if k != 'full')}), a fraction "
+        f"{data.abnormal_fraction:g} of each protocol's cases abnormal; phantoms {tuple(data.shape)}; data seed {data.seed}; batches {config.batch_size} "
         f"({fraction}); {config.num_steps} steps; {config.model.preset} U-Net ({config.model.get('num_levels', '')} "
         f"levels); {seeds} run seeds. Test set: {result['n']['normal']} normal + {result['n']['abnormal']} abnormal "
         f"fully segmented phantoms.",

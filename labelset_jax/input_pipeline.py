@@ -114,8 +114,9 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
 
     The generated cases (phantoms, MNI, synthetic) are a function of ``config.data.seed`` when it
     is set (a data seed, so that runs with different ``seed`` share their data), else of ``seed``.
-    For phantoms, ``config.data.abnormal = {protocol: count}`` makes that many of each protocol's
-    cases abnormal (:func:`~labelset_jax.data.phantom_cohort`).
+    For phantoms, ``config.data.abnormal_fraction`` (default 0) makes that fraction of each
+    partially annotated protocol's cases abnormal (rounded half up; the fully segmented cases stay
+    normal; :func:`~labelset_jax.data.phantom_cohort`).
 
     Raises:
       ValueError: an unknown source, generator or transform, or a problem with the files (the
@@ -127,8 +128,11 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
     first = 1000 * int(seed if data_seed is None else data_seed)
     if name == "phantoms":
         shape = tuple(data.shape)
+        fraction = float(data.get("abnormal_fraction") or 0.0)
+        abnormal = {name: int(np.floor(fraction * int(n) + 0.5)) for name, n in dict(data.protocols).items()
+                    if name != "full"}
         train_cases = data_lib.phantom_cohort(dict(data.protocols), first_seed=first, shape=shape,
-                                              abnormal=dict(data.get("abnormal") or {})).cases
+                                              abnormal=abnormal).cases
         val_first = first + VAL_SEED_OFFSET
         val_cases = data_lib.phantom_cohort({"full": data.num_val}, first_seed=val_first, shape=shape).cases
     elif name == "mni152":
