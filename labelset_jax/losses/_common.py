@@ -143,20 +143,11 @@ def channel_sum(x: Array) -> Array:
     return total[..., None]
 
 
-def channel_logsumexp(z: Array) -> Array:
-    """``log Σ_c exp(z_c)`` with keepdims, stable (max-shifted), unrolled like :func:`channel_sum`."""
-    zmax = z[..., 0]
-    for c in range(1, z.shape[-1]):
-        zmax = jnp.maximum(zmax, z[..., c])
-    zmax = jax.lax.stop_gradient(zmax[..., None])
-    return zmax + jnp.log(channel_sum(jnp.exp(z - zmax)))
-
-
 def set_logsumexp(z: Array, m: Array) -> Array:
     """``log Σ_{c ∈ g} exp(z_c)`` with keepdims, over the leaves of each voxel's set (``m > 0``).
 
-    Stable like :func:`channel_logsumexp`, and for a set of all leaves (the ignore label) the
-    same arithmetic, hence bit-for-bit the same value.
+    Stable (shifted by the set's largest logit), unrolled over the static channel axis like
+    :func:`channel_sum`; ``-inf`` for an empty row.
     """
     zs = jnp.where(m > 0, z, -jnp.inf)
     zmax = zs[..., 0]
@@ -194,7 +185,8 @@ def marginal_log_probs(log_probs: Array, m: Array, size: Array) -> Array:
 # to materialise (XLA:CPU writes the inputs of its reductions to memory) then exist for one chunk
 # at a time, so value and gradient need the arguments, the gradient and O(chunk) more memory on
 # every backend. Within a chunk everything is dense: gathers of membership rows, elementwise maps,
-# reductions over the voxel and channel axes.
+# reductions over the voxel and channel axes. (The chunk size is a trade-off measured in
+# benchmarks/RESULTS.md.)
 _CHUNK_ELEMENTS = 2**20
 
 
