@@ -15,10 +15,11 @@ module holds the pieces of that analysis, shared by ``notebooks/03_volume_bias.i
 * :func:`fit_logistic_regression`: a per-voxel logistic regression (Bertels' own baseline) fitted
   to convergence with any arm's loss by L-BFGS, so that the loss and not the optimiser decides
   the volume;
-* :func:`volume_row`: the signed volume errors of one prediction against ``E[V]`` and against the
-  realised label, and its hard Dice;
-* :func:`stratified_inclusion` and :func:`stratified_blob_cases`: ambiguous-blob training sets in
-  which exactly ``round(p·N)`` of ``N`` cases contain the blob, so the realised share is ``p``;
+* :func:`fit_network`: a small CNN (:mod:`labelset_jax.models`) fitted full-batch with an arm's
+  loss, for a fixed number of Adam steps with the learning rate decayed to 0, predicting through
+  :func:`labelset_jax.evaluation.predict_case`;
+* :func:`volume_row` and :func:`volume_rows`: the signed volume errors of predictions against
+  ``E[V]`` and against the realised label, and the hard Dice, per foreground class;
 * :func:`tost_equivalence`: the two one-sided tests of equivalence within a margin (CE's volume
   is judged by equivalence to 0 within ±5 % of ``E[V]``).
 
@@ -38,7 +39,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -50,14 +50,17 @@ import optax
 from scipy import stats
 
 from labelset_jax import losses
-from labelset_jax.data.case import Case
-from labelset_jax.data.synthetic import ambiguous_blob_case
+from labelset_jax.data import Case, normalize_image
+from labelset_jax.evaluation import EvalSettings, Prediction, TrainedModel, predict_case
+from labelset_jax.labelsets import LabelSpace
 from labelset_jax.metrics import dice_score, volume_error
 
 __all__ = [
     "ARMS", "Arm", "arm_loss", "toy_volume_error", "Oracle", "dice_optimal_oracle",
     "intensity_features", "LogisticFit", "fit_logistic_regression", "predict_logistic",
-    "volume_row", "stratified_inclusion", "stratified_blob_cases", "EquivalenceTest", "tost_equivalence",
+    "class_probabilities", "NetworkFit", "fit_network", "whole_volume_settings", "predict", "volume_row",
+    "volume_rows", "EquivalenceTest",
+    "tost_equivalence",
 ]
 
 
@@ -317,7 +320,7 @@ def _lbfgs_step(loss: str, options: tuple, memory_size: int):
 
 def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, *, arm: str | Arm,
                             max_steps: int = 500, tol: float = 1e-5, ftol: float = 1e-7,
-                            memory_size: int = 10) -> LogisticFit:
+                            memory_size: int = 10, init: LogisticFit | None = None) -> LogisticFit:
     r"""Fits a per-voxel logistic regression with an arm's loss, to convergence, by L-BFGS.
 
     The model is ``P(l_i = 1 | x_i) = σ(w·\tilde x_i + b)`` with standardised features
@@ -329,6 +332,8 @@ def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, *, arm: s
     the Dice semimetric's ``|p − q|``, or the float32 resolution of the loss), or ``max_steps``
     iterations. With a few parameters and full-batch gradients this takes tens of iterations: the
     fitted model shows the optimum of the loss, not an artefact of an unfinished optimisation.
+    The Dice losses are not convex in ``(w, b)``: a start elsewhere (``init``, e.g. the CE fit)
+    can reach a better optimum, so compare the final losses of several starts.
 
     Args:
       features: ``[B, N, F]`` features of the ``N`` voxels of ``B`` training images.
@@ -339,6 +344,8 @@ def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, *, arm: s
       tol: the gradient-norm tolerance.
       ftol: the relative loss-decrease tolerance over the last 20 iterations.
       memory_size: the L-BFGS memory.
+      init: start from this fit's parameters (fitted on the same features, so that the
+        standardisation agrees) instead of ``w = 0, b = logit(mean target)``.
 
     Returns:
       A :class:`LogisticFit`.
@@ -370,6 +377,10 @@ def fit_logistic_regression(features: np.ndarray, targets: np.ndarray, *, arm: s
         t = jnp.asarray(targets, jnp.int32)
     prior = float(np.clip(np.mean(targets, dtype=np.float64), 1e-4, 1 - 1e-4))
     params = {"w": jnp.zeros(features.shape[-1], jnp.float32), "b": jnp.asarray(np.log(prior / (1 - prior)), jnp.float32)}
+    if init is not None:
+        if not (np.allclose(init.mean, mean, rtol=1e-5, atol=1e-6) and np.allclose(init.scale, scale, rtol=1e-5)):
+            raise ValueError("init was fitted on other features (its standardisation differs)")
+        params = {"w": jnp.asarray(init.params["w"], jnp.float32), "b": jnp.asarray(init.params["b"], jnp.float32)}
     opt, step = _lbfgs_step(arm.loss, tuple(sorted(arm.options.items())), int(memory_size))
     state = opt.init(params)
     history: list[float] = []
@@ -402,6 +413,121 @@ def predict_logistic(fit: LogisticFit, features: np.ndarray) -> np.ndarray:
     x = (np.asarray(features, np.float64) - fit.mean) / fit.scale
     z = x @ np.asarray(fit.params["w"], np.float64) + float(fit.params["b"])
     return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+# --------------------------------------------------------------------------- small CNN
+
+
+def class_probabilities(case: Case) -> np.ndarray:
+    """The known class probabilities ``[..., C]`` of a case: ``metadata["probs"]`` (MNI tissue
+    cases), or ``[1 − q, q]`` from ``metadata["q"]`` (synthetic binary cases).
+
+    >>> from labelset_jax.data import noise_free_case
+    >>> class_probabilities(noise_free_case(0, shape=(8, 8, 8), radius=2.0)).shape
+    (8, 8, 8, 2)
+    """
+    if "probs" in case.metadata:
+        return np.asarray(case.metadata["probs"], np.float32)
+    if "q" in case.metadata:
+        q = np.asarray(case.metadata["q"], np.float32)
+        return np.stack([1.0 - q, q], axis=-1)
+    raise ValueError(f"case {case.id} has no known probabilities (metadata 'probs' or 'q')")
+
+
+class NetworkFit(NamedTuple):
+    """A network fitted full-batch by :func:`fit_network`.
+
+    Attributes:
+      model: a :class:`~labelset_jax.evaluation.TrainedModel` (for
+        :func:`~labelset_jax.evaluation.predict_case`).
+      loss: the training loss at the last step.
+      loss_change: the relative decrease of the loss over the last tenth of the steps (near 0
+        once the fit has settled).
+      grad_norm: the gradient norm at the last step.
+      steps: the number of Adam steps.
+    """
+
+    model: TrainedModel
+    loss: float
+    loss_change: float
+    grad_norm: float
+    steps: int
+
+
+def fit_network(cases: Sequence[Case], *, arm: str | Arm, model_config, label_space: LabelSpace, steps: int,
+                learning_rate: float = 1e-2, seed: int = 0) -> NetworkFit:
+    r"""Fits a network to whole training volumes with an arm's loss (full-batch Adam).
+
+    Every step sees all training images at once (normalised by
+    :func:`~labelset_jax.data.normalize_image`, as :func:`~labelset_jax.evaluation.predict_case`
+    does), so the per-image and the batch Dice are those of the whole training set, and the loss
+    decreases smoothly; the learning rate follows a cosine decay to 0 over ``steps``, so the fit
+    settles at the end (:attr:`NetworkFit.loss_change`). Arms with ``soft_targets`` are trained
+    on :func:`class_probabilities` instead of the drawn labels (the training system's loader
+    yields integer labels only, hence this separate fit).
+
+    Args:
+      cases: the training cases, all of one shape.
+      arm: a key of :data:`ARMS` or an :class:`Arm`.
+      model_config: a ``config.model`` for :func:`labelset_jax.models.create_model` (e.g. one
+        level, 8 features, no normalisation).
+      label_space: the leaves (``C`` output channels).
+      steps: the number of full-batch Adam steps.
+      learning_rate: the initial learning rate.
+      seed: seed of the initial weights.
+
+    Returns:
+      A :class:`NetworkFit`.
+    """
+    import ml_collections
+    from flax import nnx
+
+    from labelset_jax.models import create_model
+
+    arm = ARMS[arm] if isinstance(arm, str) else arm
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    images = jnp.asarray(np.stack([normalize_image(c.image) for c in cases])[..., None])
+    if arm.soft_targets:
+        targets = jnp.asarray(np.stack([class_probabilities(c) for c in cases]))
+    else:
+        targets = jnp.asarray(np.stack([np.asarray(c.labels, np.int32) for c in cases]))
+    model = create_model(model_config, num_classes=label_space.num_classes, rngs=nnx.Rngs(int(seed)))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    loss_fn = arm_loss(arm)
+    optimizer = optax.adam(optax.cosine_decay_schedule(float(learning_rate), int(steps)))
+
+    @jax.jit
+    def step(params, opt_state):
+        def objective(p):
+            return loss_fn(nnx.merge(graphdef, p, rest)(images), targets)
+
+        value, grads = jax.value_and_grad(objective)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value, optax.global_norm(grads)
+
+    opt_state = optimizer.init(params)
+    history = []
+    grad_norm = float("nan")
+    for _ in range(int(steps)):
+        params, opt_state, value, grad_norm = step(params, opt_state)
+        history.append(value)
+    history = np.asarray(jax.device_get(history), np.float64)
+    tail = history[-max(2, len(history) // 10):]
+    change = float((tail[0] - tail[-1]) / max(abs(tail[-1]), 1e-12))
+
+    def apply_fn(x, state):
+        return nnx.merge(graphdef, state["params"], state["rest"])(x)
+
+    config = ml_collections.ConfigDict({"model": model_config, "loss": arm.loss})
+    trained = TrainedModel(jax.jit(apply_fn), {"params": params, "rest": rest}, config, label_space)
+    return NetworkFit(trained, float(history[-1]), change, float(grad_norm), int(steps))
+
+
+def whole_volume_settings(shape: Sequence[int]) -> EvalSettings:
+    """Prediction settings of one window covering the whole volume (no sliding, no TTA)."""
+    return EvalSettings(roi_size=tuple(int(s) for s in shape), sw_batch_size=1, overlap=0.0, mode="constant",
+                        tta=False)
 
 
 # --------------------------------------------------------------------------- volumes of one case
@@ -448,70 +574,30 @@ def volume_row(probs: np.ndarray, *, labels: np.ndarray, q: np.ndarray, spacing:
     }
 
 
-# --------------------------------------------------------------------------- stratified blob draws
-
-
-def stratified_inclusion(n: int, p: float, *, seed: int) -> np.ndarray:
-    """Which of ``n`` cases contain the ambiguous blob: exactly ``round(p·n)`` of them, at random.
-
-    Independent draws leave the realised share far from ``p`` for small ``n`` (and one shared
-    uniform number for every ``p`` makes the shares of different ``p`` move together); a fixed
-    count makes the training set show ``p`` itself. Rounding is half up.
+def volume_rows(probs: np.ndarray, case: Case, *, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """:func:`volume_row` for every foreground class of a case with known probabilities.
 
     Args:
-      n: the number of cases.
-      p: the blob probability in ``[0, 1]``.
-      seed: seed of the permutation that picks the cases.
+      probs: ``[..., C]`` predicted class probabilities (e.g. ``predict_case(...).probs``).
+      case: the case; its known probabilities come from :func:`class_probabilities`.
+      names: the ``C`` class names (default ``class_<c>``).
 
     Returns:
-      bool ``[n]``.
-
-    >>> inc = stratified_inclusion(20, 0.45, seed=0)
-    >>> int(inc.sum()), inc.shape
-    (9, (20,))
+      One row per class ``c ≥ 1``: ``{"case", "class", **volume_row(...)}``.
     """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be in [0, 1], got {p}")
-    if int(n) < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    count = int(np.floor(p * n + 0.5))
-    include = np.zeros(int(n), bool)
-    include[np.random.default_rng(seed).permutation(int(n))[:count]] = True
-    return include
+    truth = class_probabilities(case)
+    probs = np.asarray(probs)
+    if probs.shape != truth.shape:
+        raise ValueError(f"probs shape {probs.shape} differs from the case's probabilities {truth.shape}")
+    names = [f"class_{c}" for c in range(truth.shape[-1])] if names is None else list(names)
+    return [{"case": case.id, "class": names[c],
+             **volume_row(probs[..., c], labels=np.asarray(case.labels) == c, q=truth[..., c], spacing=case.spacing)}
+            for c in range(1, truth.shape[-1])]
 
 
-def stratified_blob_cases(seeds: Sequence[int], *, p: float, permutation_seed: int = 0,
-                          **options: Any) -> list[Case]:
-    """Ambiguous-blob cases of which exactly ``round(p·N)`` contain the blob.
-
-    Case ``j`` is :func:`~labelset_jax.data.synthetic.ambiguous_blob_case` ``(seeds[j], p=p,
-    **options)`` (same geometry, image and ``q`` in ``metadata["q"]``), with the blob's label set
-    by :func:`stratified_inclusion` instead of an independent draw. Choose ``N`` so that
-    ``round(p·N)/N`` lies on the same side of 1/2 as ``p``: with ``N = 10``, ``p = 0.45`` and
-    ``p = 0.55`` both give a share of 1/2 (``N = 20`` separates every ``p`` of the study).
-
-    Args:
-      seeds: the cases' seeds.
-      p: the blob probability.
-      permutation_seed: seed of :func:`stratified_inclusion`.
-      **options: the other arguments of ``ambiguous_blob_case`` (shape, radii, intensity, ...).
-
-    Returns:
-      ``N = len(seeds)`` :class:`~labelset_jax.data.case.Case`.
-
-    >>> cases = stratified_blob_cases(range(10), p=0.3, shape=(16, 16, 16), object_radius=3, blob_radius=2)
-    >>> [int(((c.metadata["q"] == 0.3) & (c.labels == 1)).any()) for c in cases].count(1)
-    3
-    """
-    include = stratified_inclusion(len(seeds), p, seed=permutation_seed)
-    cases = []
-    for seed, inside in zip(seeds, include):
-        case = ambiguous_blob_case(int(seed), p=p, **options)
-        # the same case with the blob drawn in (p = 1) or out (p = 0): same positions, image, noise
-        forced = ambiguous_blob_case(int(seed), p=1.0 if inside else 0.0, **options)
-        np.testing.assert_array_equal(forced.image, case.image)
-        cases.append(dataclasses.replace(case, labels=forced.labels))
-    return cases
+def predict(model: TrainedModel, case: Case) -> Prediction:
+    """The prediction of a whole (small) volume in one window, by :func:`~labelset_jax.evaluation.predict_case`."""
+    return predict_case(model, case.image, whole_volume_settings(case.image.shape))
 
 
 # --------------------------------------------------------------------------- equivalence

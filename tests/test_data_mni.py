@@ -121,3 +121,14 @@ def test_missing_nilearn_names_the_extra():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert "pip install 'labelset-jax[mni]'" in out.stdout
+
+
+def test_intensity_augmentation_can_be_left_out():
+    full = mni_tissue_case(5, voxel_size=8)
+    spatial = mni_tissue_case(5, voxel_size=8, intensity=False, noise_std=(0.0, 0.0))
+    np.testing.assert_array_equal(spatial.labels, full.labels)  # same pose and label draw
+    np.testing.assert_array_equal(spatial.metadata["probs"], full.metadata["probs"])
+    assert not np.allclose(spatial.image, full.image)
+    # without gamma, contrast and bias field the resampled template's intensities are kept
+    template = mni152_tissue_maps(8).image
+    assert spatial.image.max() <= template.max() + 1e-5 and spatial.image.min() >= 0.0

@@ -101,3 +101,39 @@ def test_bad_arguments():
         ambiguous_blob_case(0, p=1.5)
     with pytest.raises(ValueError, match="fit|place"):
         independent_blobs_case(0, k=50, p=0.5, shape=(16, 16, 16), blob_radius=4)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.45, 0.55, 0.7, 0.9])
+def test_stratified_blob_share_is_p_over_consecutive_seeds(p):
+    from labelset_jax.data.synthetic import blob_included
+
+    for first in (0, 1000, 100_000):
+        assert sum(blob_included(s, p) for s in range(first, first + 20)) == round(20 * p)
+    for first, n in [(7, 13), (123, 10), (5, 3)]:  # any run of seeds: floor or ceil of n p
+        assert abs(sum(blob_included(s, p) for s in range(first, first + n)) - n * p) < 1
+    shape = dict(shape=(24, 24, 24), object_radius=4, blob_radius=3)
+    for seed in range(6):
+        plain = ambiguous_blob_case(seed, p=p, **shape)
+        stratified = ambiguous_blob_case(seed, p=p, stratified=True, **shape)
+        np.testing.assert_array_equal(stratified.image, plain.image)  # same geometry, image and q
+        np.testing.assert_array_equal(q_of(stratified), q_of(plain))
+        blob = np.isclose(q_of(stratified), p)
+        assert np.all(stratified.labels[blob] == int(blob_included(seed, p)))
+        np.testing.assert_array_equal(stratified.labels[~blob], plain.labels[~blob])
+
+
+def test_stratified_independent_blobs_hold_the_share_p_over_consecutive_cases():
+    from labelset_jax.data.synthetic import blob_included
+
+    included = []
+    for seed in range(8):
+        plain = independent_blobs_case(seed, k=5, p=0.45, shape=(40, 40, 40), object_radius=4, blob_radius=3)
+        case = independent_blobs_case(seed, k=5, p=0.45, shape=(40, 40, 40), object_radius=4, blob_radius=3,
+                                      stratified=True)
+        np.testing.assert_array_equal(case.image, plain.image)
+        blobs, n = ndimage.label(np.isclose(q_of(case), 0.45))
+        # blobs are numbered in placement order by _place_spheres, not by ndimage: compare as sets
+        got = sorted(int(case.labels[blobs == i].max()) for i in range(1, n + 1))
+        assert got == sorted(int(blob_included(seed * 5 + j, 0.45)) for j in range(5))
+        included += got
+    assert sum(included) == 18  # 40 blobs x 0.45

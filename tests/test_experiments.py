@@ -128,15 +128,25 @@ def test_partial_supervision_study_runs_scores_and_resumes(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-def test_volume_bias_study_runs_one_step_per_arm(tmp_path):
-    out = run("experiments.volume_bias_study", "--steps=1", "--num_val=1", "--ps=0.8", "--arms=ce",
-              f"--workdir={tmp_path / 'runs'}", f"--output={tmp_path / 'results'}")
+def test_volume_bias_study_runs_its_parts_and_resumes(tmp_path):
+    args = ["--scale=smoke", "--tasks=lr_boundary,lr_blob,cnn_boundary,cnn_mni", f"--workdir={tmp_path / 'runs'}",
+            f"--output={tmp_path / 'results'}"]
+    out = run("experiments.volume_bias_study", *args)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "results" / "volume_bias.csv")))
-    assert {(r["generator"], r["arm"]) for r in rows} == {
-        ("ambiguous_blob", "ce"), ("ambiguous_blob", "dice"), ("boundary_noise", "ce")}
-    assert "ΔV soft" in (tmp_path / "results" / "volume_bias.md").read_text()
-    assert (tmp_path / "results" / "volume_bias.png").stat().st_size > 0
+    assert {(r["task"], r["arm"]) for r in rows} == {
+        (t, a) for t in ("lr_boundary", "lr_blob", "cnn_boundary", "cnn_mni") for a in ("ce", "dice")}
+    assert {r["class"] for r in rows if r["task"] == "cnn_mni"} == {"csf", "gm", "wm"}
+    assert {r["p"] for r in rows if r["task"] == "lr_blob"} == {"0.45", "0.55"}
+    assert {"dv_soft_expected_ml", "dv_hard_expected_ml", "dv_soft_realised_ml", "dv_hard_realised_ml"} <= set(rows[0])
+    table = (tmp_path / "results" / "volume_bias.md").read_text()
+    assert "Command: `python -m experiments.volume_bias_study --scale=smoke" in table
+    assert "ΔV soft vs E[V]" in table and "TOST" in table and "oracle" in table
+    for name in ("volume_bias.png", "reliability.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 0
+    again = run("experiments.volume_bias_study", *args)  # every fit is reused
+    assert again.returncode == 0 and again.stderr.count("reusing") == 10, again.stderr[-2000:]
+    assert list(csv.DictReader(open(tmp_path / "results" / "volume_bias.csv"))) == rows
 
 
 @pytest.mark.parametrize("module,args,message", [
@@ -144,6 +154,7 @@ def test_volume_bias_study_runs_one_step_per_arm(tmp_path):
     ("experiments.partial_supervision_study", ["--num_test=0"], "--num_test must be >= 1"),
     ("experiments.partial_supervision_study", ["--full_fraction=1.5"], "--full_fraction must be a number in [0, 1]"),
     ("experiments.volume_bias_study", ["--arms=bogus"], "unknown arm"),
+    ("experiments.volume_bias_study", ["--tasks=lr_boundary,bogus"], "unknown task"),
     ("experiments.volume_bias_study", ["--ps=1.5"], "--ps must lie in [0, 1]"),
 ])
 def test_studies_reject_bad_flags_before_any_work(tmp_path, module, args, message):

@@ -1,10 +1,9 @@
-"""The volume-bias analysis: the closed-form toy, the Dice-optimal oracle, stratified blob draws, the
-logistic-regression arms fitted to convergence, the volume errors and the equivalence test."""
+"""The volume-bias analysis: the closed-form toy, the Dice-optimal oracle, the logistic-regression arms
+fitted to convergence, the small CNN fitted full-batch, the volume errors and the equivalence test."""
 
 from __future__ import annotations
 
-import itertools
-
+import dataclasses
 import numpy as np
 import pytest
 from scipy import stats
@@ -104,39 +103,6 @@ def test_oracle_of_a_noise_free_case_is_exact_and_bad_inputs_fail():
         vb.dice_optimal_oracle(np.array([0.5, 0.5]), labels=np.zeros((2, 2)), weights=[1.0])
 
 
-# --------------------------------------------------------------------------- stratified draws
-
-
-@pytest.mark.parametrize("n, p", itertools.product([1, 7, 16, 20], [0.0, 0.1, 0.3, 0.45, 0.55, 0.7, 0.9, 1.0]))
-def test_stratified_inclusion_has_exactly_round_p_n_cases(n, p):
-    include = vb.stratified_inclusion(n, p, seed=3)
-    assert include.dtype == bool and include.shape == (n,)
-    assert include.sum() == int(np.floor(p * n + 0.5))
-    np.testing.assert_array_equal(include, vb.stratified_inclusion(n, p, seed=3))
-
-
-def test_stratified_inclusion_seed_picks_the_cases_and_bad_p_fails():
-    picks = {tuple(np.nonzero(vb.stratified_inclusion(20, 0.5, seed=s))[0]) for s in range(10)}
-    assert len(picks) > 5
-    with pytest.raises(ValueError, match="p must be"):
-        vb.stratified_inclusion(10, 1.2, seed=0)
-
-
-def test_stratified_blob_cases_change_only_the_blob_labels():
-    cases = vb.stratified_blob_cases(range(10), p=0.3, **BLOB)
-    assert len(cases) == 10
-    with_blob = 0
-    for seed, case in zip(range(10), cases):
-        plain = synthetic.ambiguous_blob_case(seed, p=0.3, **BLOB)
-        np.testing.assert_array_equal(case.image, plain.image)
-        np.testing.assert_array_equal(case.metadata["q"], plain.metadata["q"])
-        blob = (case.metadata["q"] > 0) & (case.metadata["q"] < 1)
-        np.testing.assert_array_equal(case.labels[~blob], plain.labels[~blob])
-        assert len(np.unique(case.labels[blob])) == 1  # one label for the whole blob
-        with_blob += int(case.labels[blob].all())
-    assert with_blob == 3
-
-
 # --------------------------------------------------------------------------- losses of the arms
 
 
@@ -152,8 +118,9 @@ def test_every_arm_names_a_library_loss():
 
 @pytest.fixture(scope="module")
 def blob_sets():
-    return {p: (vb.stratified_blob_cases(range(10), p=p, **BLOB),
-                vb.stratified_blob_cases(range(100, 104), p=p, permutation_seed=1, **BLOB)) for p in (0.3, 0.7)}
+    return {p: ([synthetic.ambiguous_blob_case(s, p=p, stratified=True, **BLOB) for s in range(10)],
+                [synthetic.ambiguous_blob_case(s, p=p, stratified=True, **BLOB) for s in range(100, 104)])
+            for p in (0.3, 0.7)}
 
 
 @pytest.mark.parametrize("p", [0.3, 0.7])
@@ -251,3 +218,55 @@ def test_tost_matches_the_two_t_tests_and_the_confidence_interval():
     assert np.isnan(vb.tost_equivalence([1.0], margin=0.1).pvalue)
     with pytest.raises(ValueError, match="margin"):
         vb.tost_equivalence([1.0, 2.0], margin=0.0)
+
+
+def test_a_warm_start_must_come_from_the_same_features(boundary_sets):
+    train, _ = boundary_sets
+    ce = _fit(train, "ce")
+    x = np.stack([vb.intensity_features(c.image).reshape(-1, 3) for c in train])
+    y = np.stack([c.labels.reshape(-1) for c in train])
+    warm = vb.fit_logistic_regression(x, y, arm="dice", init=ce)
+    assert warm.converged
+    with pytest.raises(ValueError, match="standardisation"):
+        vb.fit_logistic_regression(2 * x, y, arm="dice", init=ce)
+
+
+# --------------------------------------------------------------------------- small CNN
+
+
+def test_class_probabilities_of_synthetic_and_mni_like_cases():
+    case = synthetic.boundary_noise_case(0, shape=(12, 12, 12), radius=3.0, tau=1.0)
+    probs = vb.class_probabilities(case)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(probs[..., 1], case.metadata["q"])
+    mni_like = dataclasses.replace(case, metadata={"probs": np.stack([1 - probs[..., 1], probs[..., 1]], -1)})
+    np.testing.assert_allclose(vb.class_probabilities(mni_like), probs)
+    with pytest.raises(ValueError, match="no known probabilities"):
+        vb.class_probabilities(dataclasses.replace(case, metadata={}))
+
+
+def test_small_cnn_fitted_full_batch_ce_unbiased_dice_over_segments():
+    def make(seed):
+        return synthetic.boundary_noise_case(seed, shape=(20, 20, 20), radius=4.0, tau=2.0, jitter=1.0)
+
+    train, test = [make(s) for s in range(3)], [make(100 + s) for s in range(4)]
+    model = dict(preset="small", num_levels=1, base_features=8, max_features=8, norm="none")
+    space = synthetic.SYNTHETIC_SPACE
+    rows = {}
+    for arm in ("ce", "dice"):
+        fit = vb.fit_network(train, arm=arm, model_config=model, label_space=space, steps=300)
+        assert np.isfinite(fit.loss) and abs(fit.loss_change) < 0.01  # settled
+        rows[arm] = [r for c in test for r in vb.volume_rows(vb.predict(fit.model, c).probs, c, names=space.names)]
+    expected = np.mean([r["expected_ml"] for r in rows["ce"]])
+    oracle = np.mean([vb.dice_optimal_oracle(c.metadata["q"], voxel_ml=c.voxel_ml).dv_ml for c in test])
+    ce = np.mean([r["dv_soft_expected_ml"] for r in rows["ce"]])
+    dice = np.mean([r["dv_soft_expected_ml"] for r in rows["dice"]])
+    assert abs(ce) < 0.05 * expected
+    assert dice > 0.5 * oracle and dice > ce + 0.1 * expected
+    assert {r["class"] for r in rows["ce"]} == {"object"} and len(rows["ce"]) == len(test)
+
+
+def test_volume_rows_check_the_shape():
+    case = synthetic.noise_free_case(0, shape=(8, 8, 8), radius=2.0)
+    with pytest.raises(ValueError, match="differs"):
+        vb.volume_rows(np.zeros((8, 8, 8, 3)), case)

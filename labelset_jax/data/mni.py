@@ -183,6 +183,7 @@ def mni_tissue_case(
     max_shift_mm: float = 6.0,
     flip_prob: float = 0.5,
     noise_std: tuple[float, float] = (0.0, 0.05),
+    intensity: bool = True,
 ) -> Case:
     """One MNI tissue case: augmented template, augmented probabilities, labels drawn from them.
 
@@ -198,6 +199,8 @@ def mni_tissue_case(
       max_shift_mm: largest translation along each axis.
       flip_prob: probability of a left-right flip (array axis 0 is left-right in MNI space).
       noise_std: range of the standard deviation of the additive Gaussian noise.
+      intensity: with ``augment``, also apply the gamma, contrast, brightness and bias-field
+        augmentation (``False``: spatial augmentation and noise only).
 
     Returns:
       A :class:`~labelset_jax.data.case.Case` of :data:`MNI_TISSUE` with id ``mni_<seed>`` and the
@@ -245,10 +248,12 @@ def mni_tissue_case(
         probs /= probs.sum(axis=-1, keepdims=True)
     labels = sample_labels(probs, rng)
     if augment:
-        image = np.clip(image, 0.0, None) ** rng.uniform(0.7, 1.5)  # gamma
-        image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)  # contrast, brightness
-        x = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in out_shape], indexing="ij", sparse=True)
-        image = image * np.exp(sum(rng.normal(0, 0.1) * x[a] for a in range(3)))  # bias field
+        if intensity:
+            image = np.clip(image, 0.0, None) ** rng.uniform(0.7, 1.5)  # gamma
+            image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)  # contrast, brightness
+            x = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in out_shape], indexing="ij",
+                            sparse=True)
+            image = image * np.exp(sum(rng.normal(0, 0.1) * x[a] for a in range(3)))  # bias field
         image = image + rng.normal(0, rng.uniform(*noise_std), out_shape)
     affine = np.diag([vs, vs, vs, 1.0])
     affine[:3, 3] = maps.affine[:3, :3] @ c_in + maps.affine[:3, 3] - vs * c_out

@@ -9,7 +9,8 @@ the voxel volume). Every generator returns a :class:`~labelset_jax.data.case.Cas
   independently with ``q = sigmoid((r - ρ) / τ)``, ``ρ`` the voxel's distance from the centre and
   ``r`` the radius (``q → 1`` inside, ``→ 0`` outside, ``1/2`` on the surface);
 * :func:`ambiguous_blob_case`: a clear object plus one faint blob that is *entirely* foreground
-  with probability ``p`` (one Bernoulli draw for the whole blob);
+  with probability ``p`` (one Bernoulli draw for the whole blob, or, ``stratified``, a fixed share
+  ``p`` of consecutive seeds: :func:`blob_included`);
 * :func:`independent_blobs_case`: a clear object plus ``K`` faint blobs, each included
   independently;
 * :func:`noise_free_case`: the control, ``q ∈ {0, 1}``, where every loss is unbiased.
@@ -38,6 +39,7 @@ from labelset_jax.labelsets import LabelSpace
 __all__ = [
     "SYNTHETIC_SPACE",
     "expected_volume_ml",
+    "blob_included",
     "boundary_noise_case",
     "ambiguous_blob_case",
     "independent_blobs_case",
@@ -177,7 +179,36 @@ def _place_spheres(rng, shape, radii, *, margin: float = 1.0, tries: int = 2000)
     return centres
 
 
-def _blob_case(seed, rng, shape, object_radius, blob_radii, blob_probs, blob_intensity, noise, spacing) -> Case:
+def blob_included(seed: int, p: float) -> bool:
+    r"""Stratified draw: whether case ``seed`` contains the ambiguous blob, for a share ``p``.
+
+    .. math:: \mathrm{included}(s) = \lfloor (s + 1)\,p \rfloor > \lfloor s\,p \rfloor
+
+    so any ``N`` consecutive seeds ``a .. a+N-1`` hold ``⌊(a+N)p⌋ − ⌊ap⌋`` blobs: ``⌊Np⌋`` or
+    ``⌈Np⌉``, and exactly ``N·p`` when ``N·p`` and ``a·p`` are integers (e.g. ``N = 20`` seeds
+    from a multiple of 100 for ``p`` in steps of 0.05). Independent draws would leave the realised
+    share of a small training set far from ``p``.
+
+    Args:
+      seed: the case's seed (>= 0).
+      p: the share in ``[0, 1]``.
+
+    Returns:
+      Whether the blob is labelled foreground in case ``seed``.
+
+    >>> sum(blob_included(s, 0.45) for s in range(20)), sum(blob_included(s, 0.55) for s in range(20))
+    (9, 11)
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    # rounded so that e.g. 3 * 0.3 counts as 0.9 and 20 * 0.45 as 9, not their binary neighbours
+    return int(np.floor(round((int(seed) + 1) * p, 9))) > int(np.floor(round(int(seed) * p, 9)))
+
+
+def _blob_case(seed, rng, shape, object_radius, blob_radii, blob_probs, blob_intensity, noise, spacing,
+               included=None) -> Case:
     radii = ([object_radius] if object_radius > 0 else []) + list(blob_radii)
     centres = _place_spheres(rng, shape, radii)
     q = np.zeros(shape, np.float32)
@@ -187,11 +218,12 @@ def _blob_case(seed, rng, shape, object_radius, blob_radii, blob_probs, blob_int
         inside = _distance(shape, centres[0], object_radius) > 0
         q[inside], intensity[inside], labels[inside] = 1.0, 1.0, 1
         centres = centres[1:]
-    for centre, r, p in zip(centres, blob_radii, blob_probs):
+    for j, (centre, r, p) in enumerate(zip(centres, blob_radii, blob_probs)):
         inside = _distance(shape, centre, r) > 0
         q[inside] = p
         intensity[inside] = blob_intensity
-        labels[inside] = int(rng.random() < p)  # one draw for the whole blob
+        drawn = rng.random() < p  # one draw for the whole blob (always made: the noise stays the same)
+        labels[inside] = int(drawn if included is None else included[j])
     return _finish(seed, rng, q, intensity, noise, spacing, labels=labels)
 
 
@@ -205,6 +237,7 @@ def ambiguous_blob_case(
     blob_intensity: float = 0.4,
     noise: float = 0.05,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    stratified: bool = False,
 ) -> Case:
     """A clear object plus one faint blob that is all foreground with probability ``p``.
 
@@ -222,6 +255,9 @@ def ambiguous_blob_case(
         ``q``.
       noise: standard deviation of the additive Gaussian image noise.
       spacing: voxel size in mm.
+      stratified: label the blob by :func:`blob_included` (``seed``, ``p``) instead of a random
+        draw, so that ``N`` consecutive seeds hold the blob in ``N·p`` cases (to within one);
+        the image, ``q`` and the geometry are those of the unstratified case.
 
     Returns:
       A :class:`~labelset_jax.data.case.Case`.
@@ -234,7 +270,8 @@ def ambiguous_blob_case(
         raise ValueError(f"p must be in [0, 1], got {p}")
     shape = _check(shape, spacing)
     rng = np.random.default_rng(seed)
-    return _blob_case(seed, rng, shape, object_radius, [blob_radius], [p], blob_intensity, noise, spacing)
+    included = [blob_included(seed, p)] if stratified else None
+    return _blob_case(seed, rng, shape, object_radius, [blob_radius], [p], blob_intensity, noise, spacing, included)
 
 
 def independent_blobs_case(
@@ -248,6 +285,7 @@ def independent_blobs_case(
     blob_intensity: float = 0.4,
     noise: float = 0.05,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    stratified: bool = False,
 ) -> Case:
     """A clear object plus ``k`` faint blobs, each foreground independently with probability ``p``.
 
@@ -257,6 +295,11 @@ def independent_blobs_case(
       p: the inclusion probability, one for all blobs or one per blob.
       shape, object_radius, blob_radius, blob_intensity, noise, spacing: as in
         :func:`ambiguous_blob_case`.
+      stratified: label blob ``j`` by :func:`blob_included` ``(seed·k + j, p_j)`` instead of a
+        random draw: over consecutive seeds the share of included blobs is ``p`` (to within one
+        blob), so a small training set shows ``p`` itself (independent draws over, say, 64 blobs
+        miss ``p`` by ±0.06, enough to flip the soft-Dice optimum when ``p`` is near its
+        threshold ``D*/2``).
 
     Returns:
       A :class:`~labelset_jax.data.case.Case`.
@@ -269,5 +312,6 @@ def independent_blobs_case(
         raise ValueError(f"p must be in [0, 1], got {p}")
     shape = _check(shape, spacing)
     rng = np.random.default_rng(seed)
+    included = [blob_included(int(seed) * int(k) + j, float(q)) for j, q in enumerate(probs)] if stratified else None
     return _blob_case(seed, rng, shape, object_radius, [blob_radius] * int(k), probs.tolist(), blob_intensity, noise,
-                      spacing)
+                      spacing, included)
