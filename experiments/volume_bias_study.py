@@ -58,6 +58,7 @@ GENERATORS = {
     "noise_free": synthetic.noise_free_case,
 }
 BLOB_CURVE_TASKS = ("lr_blob", "cnn_blob")
+_CE_FITS: dict = {}  # (task, p) -> the CE logistic regression, the Dice arms' second start
 
 
 # --------------------------------------------------------------------------- data and fits
@@ -113,9 +114,11 @@ def fit_and_score(name: str, task, arm: str, p: float | None, study) -> dict:
         fit = vb.fit_logistic_regression(x, t, arm=arm, max_steps=study.lr.max_steps)
         start = "prior"
         if arm != "ce":  # the Dice losses are not convex: also start from the CE fit, keep the better optimum
-            ce = vb.fit_logistic_regression(x, np.stack([c.labels.reshape(-1) for c in train]), arm="ce",
-                                            max_steps=study.lr.max_steps)
-            warm = vb.fit_logistic_regression(x, t, arm=arm, max_steps=study.lr.max_steps, init=ce)
+            key = (name, p)
+            if key not in _CE_FITS:
+                _CE_FITS[key] = vb.fit_logistic_regression(x, np.stack([c.labels.reshape(-1) for c in train]),
+                                                           arm="ce", max_steps=study.lr.max_steps)
+            warm = vb.fit_logistic_regression(x, t, arm=arm, max_steps=study.lr.max_steps, init=_CE_FITS[key])
             if warm.loss < fit.loss:
                 fit, start = warm, "ce"
         info = {"steps": fit.steps, "loss": fit.loss, "grad_norm": fit.grad_norm, "converged": fit.converged,
