@@ -34,7 +34,7 @@ from monai.inferers import sliding_window_inference as monai_sliding_window_infe
 import speed
 import torch_twin
 from labelset_jax.inference import sliding_window_inference
-from labelset_jax.models import count_params
+from labelset_jax.models import count_params, unet3d
 
 _CONFIG = config_flags.DEFINE_config_file("config", speed.DEFAULT_CONFIG, "Python config file (get_config()).")
 _PRESET = flags.DEFINE_enum("preset", "", ["", "small", "reference"], "model preset ('' = the config's model)")
@@ -46,9 +46,12 @@ _REPS = flags.DEFINE_integer("reps", 5, "timed calls of each framework (after a 
 _DOWNSAMPLE = flags.DEFINE_enum("downsample", "", ["", "maxpool", "stride"], "override ('' = the preset's)")
 _CONV_IMPL = flags.DEFINE_enum("conv_impl", "", ["", "auto", "native", "folded"], "override ('' = the model's)")
 _MEMORY = flags.DEFINE_bool("memory", True, "also measure peak memory (two extra processes)")
+_HUGEPAGES = flags.DEFINE_bool("hugepages", True, "run with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (both frameworks)")
+_DOTS_MIN = flags.DEFINE_integer("dots_min_features", unet3d.DOTS_WEIGHT_GRADIENT_MIN_FEATURES,
+                                 "kernel gradients as matrix products from this many output channels on")
 _PROBE = flags.DEFINE_enum("probe", "", ["", "jax", "torch"], "internal: memory probe of one framework")
 
-FORWARDED = ("preset", "volume", "roi", "overlap", "sw_batch_size", "downsample", "conv_impl")
+FORWARDED = ("preset", "volume", "roi", "overlap", "sw_batch_size", "downsample", "conv_impl", "hugepages", "dots_min_features")
 
 
 def setup():
@@ -95,6 +98,8 @@ def probe(framework: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    speed.ensure_hugepages(_HUGEPAGES.value)
+    unet3d.DOTS_WEIGHT_GRADIENT_MIN_FEATURES = _DOTS_MIN.value
     if _PROBE.value:
         return probe(_PROBE.value)
     config, model, mesh, ours, peer, build_s = setup()
@@ -121,10 +126,12 @@ def main(argv):
         mem_peer = speed.probe_memory(__file__, "torch", argv_fwd)["peak_mib"]
         rows.append(("peak memory above set-up (MiB)", f"{mem_ours:.0f}", f"{mem_peer:.0f}",
                      f"{mem_ours / max(mem_peer, 1e-9):.2f}×"))
+    print("\nall times (s): " + "; ".join(f"{k} " + " ".join(f"{t:.3f}" for t in v) for k, v in times.items()))
     print(f"\n{_REPS.value} interleaved repetitions; ours = JAX/XLA, peer = MONAI with the PyTorch twin\n")
     print("| | ours | MONAI + twin | ours ÷ MONAI |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print(f"\nload average at the end: {speed.load_average()}")
     print(f"\nRATIO sliding_window {ours_s / peer_s:.3f}")
 
 

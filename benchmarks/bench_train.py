@@ -34,7 +34,7 @@ from ml_collections import config_flags
 
 import speed
 import torch_twin
-from labelset_jax.models import count_params
+from labelset_jax.models import count_params, unet3d
 
 _CONFIG = config_flags.DEFINE_config_file("config", speed.DEFAULT_CONFIG, "Python config file (get_config()).")
 _PRESET = flags.DEFINE_enum("preset", "", ["", "small", "reference"], "model preset ('' = the config's model)")
@@ -45,9 +45,12 @@ _DOWNSAMPLE = flags.DEFINE_enum("downsample", "", ["", "maxpool", "stride"], "ov
 _CONV_IMPL = flags.DEFINE_enum("conv_impl", "", ["", "auto", "native", "folded"], "override ('' = the model's)")
 _REMAT = flags.DEFINE_bool("remat", False, "rematerialise each stage in our backward pass")
 _MEMORY = flags.DEFINE_bool("memory", True, "also measure peak memory (two extra processes)")
+_HUGEPAGES = flags.DEFINE_bool("hugepages", True, "run with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (both frameworks)")
+_DOTS_MIN = flags.DEFINE_integer("dots_min_features", unet3d.DOTS_WEIGHT_GRADIENT_MIN_FEATURES,
+                                 "kernel gradients as matrix products from this many output channels on")
 _PROBE = flags.DEFINE_enum("probe", "", ["", "jax", "torch"], "internal: memory probe of one framework")
 
-FORWARDED = ("preset", "patch", "batch", "downsample", "conv_impl", "remat")
+FORWARDED = ("preset", "patch", "batch", "downsample", "conv_impl", "remat", "hugepages", "dots_min_features")
 
 
 def make_batch(batch: int, patch: int, num_classes: int, seed: int = 0):
@@ -123,6 +126,8 @@ def probe(framework: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    speed.ensure_hugepages(_HUGEPAGES.value)
+    unet3d.DOTS_WEIGHT_GRADIENT_MIN_FEATURES = _DOTS_MIN.value
     if _PROBE.value:
         return probe(_PROBE.value)
     config, model, trainer, state, mesh, twin, images, labels, build_s = setup()
@@ -169,10 +174,12 @@ def main(argv):
         rows.append(("peak memory above set-up (MiB)", f"{mem_ours['peak_mib']:.0f} (XLA plan "
                      f"{mem_ours['xla_plan_mib']:.0f})", f"{mem_twin['peak_mib']:.0f}",
                      f"{mem_ours['peak_mib'] / max(mem_twin['peak_mib'], 1e-9):.2f}×"))
+    print("\nall times (s): " + "; ".join(f"{k} " + " ".join(f"{t:.3f}" for t in v) for k, v in times.items()))
     print(f"\n{_REPS.value} interleaved repetitions; ours = JAX/XLA, peer = PyTorch twin\n")
     print("| | ours | PyTorch twin | ours ÷ twin |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print(f"\nload average at the end: {speed.load_average()}")
     print(f"\nRATIO train_step {ours_s / twin_s:.3f}")
 
 

@@ -25,6 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = str(ROOT / "configs" / "default.py")
 
 
+HUGEPAGES = "glibc.malloc.hugetlb=1"
+
+
+def ensure_hugepages(enabled: bool) -> None:
+    """Restarts this script with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` when ``enabled`` and not
+    yet set (glibc reads it at start-up). glibc then asks for transparent huge pages for the large
+    blocks it maps, such as XLA's per-step buffers; on this VM first-touch page faults otherwise
+    cost about as much as the memory traffic (see benchmarks/RESULTS.md). Both frameworks run in
+    the one process, so both get it."""
+    if enabled and HUGEPAGES not in os.environ.get("GLIBC_TUNABLES", ""):
+        tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), HUGEPAGES]))
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": tunables})
+
+
 def model_config(config: ml_collections.ConfigDict, *, preset: str, downsample: str, conv_impl: str,
                  remat: bool) -> ml_collections.ConfigDict:
     """``config`` with its model replaced by ``preset`` ("" keeps the config's model) and the
@@ -104,8 +118,15 @@ def environment() -> str:
     import torch
 
     return (f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device(s)), torch "
-            f"{torch.__version__} ({torch.get_num_threads()} threads), {os.cpu_count()} CPUs "
-            f"({platform.processor() or platform.machine()}), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+            f"{torch.__version__} ({torch.get_num_threads()} threads), {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs "
+            f"({platform.processor() or platform.machine()}), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+            f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, "
+            f"load average {load_average()}")
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages: other work on the machine perturbs the timings."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def describe(model, config) -> str:

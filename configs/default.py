@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.max_features = 64
     config.model.norm = "instance"
     config.model.upsample = "trilinear"
+    config.model.downsample = "maxpool"  # 2³ max pooling (the paper's U-Net); "stride": strided convs
     config.model.deep_supervision = False
     config.model.remat = False
     config.model.dtype = "float32"

@@ -16,7 +16,8 @@ import pytest
 from flax import nnx
 
 from labelset_jax.models import UNet3D, count_params, create_model, reference_unet, small_unet
-from labelset_jax.models.unet3d import ConvBlock, folded_conv_general_dilated, lecun_normal, max_pool_2
+from labelset_jax.models.unet3d import (DOTS_WEIGHT_GRADIENT_MIN_FEATURES, ConvBlock, folded_conv_general_dilated,
+                                       lecun_normal, max_pool_2)
 
 
 def tiny(**overrides) -> UNet3D:
@@ -158,16 +159,17 @@ def test_downsampling_modes_same_parameters_different_functions():
     assert not np.allclose(forward(pool, x), forward(stride, x), atol=1e-3)
 
 
+@pytest.mark.parametrize("features", [4, DOTS_WEIGHT_GRADIENT_MIN_FEATURES])  # both kernel-gradient paths
 @pytest.mark.parametrize("stride, padding, shape", [
     (1, "SAME", (2, 6, 5, 4, 3)),
     (2, ((1, 1), (1, 1), (1, 1)), (1, 8, 6, 4, 2)),
     (2, "SAME", (1, 7, 6, 5, 2)),
     (1, ((0, 2), (1, 0), (2, 1)), (1, 5, 5, 5, 2)),
 ])
-def test_folded_convolution_matches_xla(stride, padding, shape):
+def test_folded_convolution_matches_xla(stride, padding, shape, features):
     """Values and both gradients of the folded form against ``lax.conv_general_dilated``."""
     x = jax.random.normal(jax.random.key(0), shape)
-    w = jax.random.normal(jax.random.key(1), (3, 3, 3, shape[-1], 4))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, shape[-1], features))
     dn = ("NDHWC", "DHWIO", "NDHWC")
 
     def loss(conv, x, w):
@@ -196,6 +198,7 @@ def test_folded_convolution_1x1x1_and_fallbacks():
 @pytest.mark.parametrize("config", [
     dict(),
     dict(downsample="stride", upsample="transpose", norm="none", deep_supervision=True, num_levels=3),
+    dict(base_features=DOTS_WEIGHT_GRADIENT_MIN_FEATURES, max_features=32),
 ])
 def test_conv_impls_same_outputs_and_gradients(config):
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 8, 1))
