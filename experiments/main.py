@@ -31,6 +31,7 @@ def main(argv):
         cli.fail(str(e))
     report.write_run_report(_WORKDIR.value)
     logging.info("results: %s", results)
+    print(report.outputs_summary(_WORKDIR.value))
 
 
 if __name__ == "__main__":

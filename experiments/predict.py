@@ -81,7 +81,7 @@ def main(argv):
     for path in files:
         image, affine, _ = load_nifti(path)
         header = load_header(path)[2]
-        prediction = predict_case(model, image, settings)
+        prediction = predict_case(model, image, settings, progress=progress.windows(path.name))
         save_nifti(output / f"{stem(path)}_seg.nii.gz", prediction.labels.astype(np.int16), affine, header=header)
         if _PROBS.value:
             save_nifti(output / f"{stem(path)}_probs.nii.gz", prediction.probs, affine, header=header)

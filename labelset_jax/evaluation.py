@@ -100,7 +100,7 @@ class Prediction(NamedTuple):
 
 
 def predict_case(models: TrainedModel | Sequence[TrainedModel], image: np.ndarray,
-                 settings: EvalSettings) -> Prediction:
+                 settings: EvalSettings, *, progress: Callable[[int, int], None] | None = None) -> Prediction:
     """Predicts one volume with a model or an ensemble (probabilities averaged over the members).
 
     Args:
@@ -108,6 +108,8 @@ def predict_case(models: TrainedModel | Sequence[TrainedModel], image: np.ndarra
       image: ``[D, H, W]`` raw intensities (e.g. ``case.image``), normalised here by
         :func:`~labelset_jax.data.normalize_image` as in training.
       settings: the sliding-window and TTA settings.
+      progress: ``progress(done, total)`` after each batch of windows (see
+        :func:`~labelset_jax.inference.sliding_window_inference`).
 
     Returns:
       A :class:`Prediction`.
@@ -119,6 +121,7 @@ def predict_case(models: TrainedModel | Sequence[TrainedModel], image: np.ndarra
         [m.apply_fn for m in members], normalize_image(image)[None, ..., None],
         roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size, overlap=settings.overlap,
         mode=settings.mode, tta=settings.tta, member_args=[(m.state,) for m in members],
+        progress=progress,
     )
     return Prediction(np.asarray(probs[0]), np.asarray(labels[0]))
 

@@ -104,8 +104,9 @@ def importance_map(roi_size: Sequence[int], *, mode: str = "gaussian",
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "roi_size", "sw_batch_size", "overlap", "mode",
-                                             "sigma_scale", "pad_value"))
-def _sliding_window(image, args, *, apply_fn, roi_size, sw_batch_size, overlap, mode, sigma_scale, pad_value):
+                                             "sigma_scale", "pad_value", "progress"))
+def _sliding_window(image, args, *, apply_fn, roi_size, sw_batch_size, overlap, mode, sigma_scale, pad_value,
+                    progress):
     batch, *spatial, in_channels = image.shape
     pads = [((r - s) // 2, r - s - (r - s) // 2) if s < r else (0, 0) for s, r in zip(spatial, roi_size)]
     image = jnp.pad(image, [(0, 0), *pads, (0, 0)], constant_values=pad_value)
@@ -135,9 +136,11 @@ def _sliding_window(image, args, *, apply_fn, roi_size, sw_batch_size, overlap, 
 
     def step(carry, xs):
         total, norm = carry  # Σ_w m f(x_w) and Σ_w m
-        batch_origins, batch_live = xs
+        batch_index, batch_origins, batch_live = xs
         patches = jax.vmap(lambda o: window(image, o, in_channels)[0])(batch_origins)
         outputs = apply_fn(patches, *args).astype(jnp.float32)
+        if progress is not None:  # on the host, once this batch's outputs exist
+            jax.debug.callback(lambda i, _: progress(int(i) + 1, num_batches), batch_index, outputs[0, 0, 0, 0, 0])
 
         def add_output(j, carry):  # a loop, not unrolled: compile time independent of sw_batch_size
             total, norm = carry
@@ -147,7 +150,8 @@ def _sliding_window(image, args, *, apply_fn, roi_size, sw_batch_size, overlap, 
         return jax.lax.fori_loop(0, sw_batch_size, add_output, (total, norm)), None
 
     init = (jnp.zeros((batch, *padded, out_channels), jnp.float32), jnp.zeros((batch, *padded, 1), jnp.float32))
-    (total, norm), _ = jax.lax.scan(step, init, (jnp.asarray(origins), jnp.asarray(live)))
+    xs = (jnp.arange(num_batches), jnp.asarray(origins), jnp.asarray(live))
+    (total, norm), _ = jax.lax.scan(step, init, xs)
     crop = tuple(slice(before, before + s) for (before, _), s in zip(pads, spatial))
     return (total / norm)[(slice(None), *crop, slice(None))]
 
@@ -162,6 +166,7 @@ def sliding_window_inference(
     mode: str = "gaussian",
     sigma_scale: float | Sequence[float] = 0.125,
     pad_value: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Array:
     r"""Fuses the outputs of ``apply_fn`` on overlapping windows of ``image`` (MONAI's semantics).
 
@@ -185,6 +190,9 @@ def sliding_window_inference(
       sigma_scale: the Gaussian's standard deviation as a fraction of ``roi_size`` (one number or
         one per axis).
       pad_value: the value padding volumes smaller than the window.
+      progress: called on the host as ``progress(done, total)`` after each batch of windows (a
+        progress display for large volumes). Like ``apply_fn`` it is static: pass the same
+        callable each time.
 
     Returns:
       float32 ``[B, D, H, W, K]``.
@@ -216,7 +224,7 @@ def sliding_window_inference(
         raise ValueError(f"sigma_scale must be positive, got {sigma_scale}")
     return _sliding_window(image, tuple(args), apply_fn=apply_fn, roi_size=roi_size,
                            sw_batch_size=int(sw_batch_size), overlap=float(overlap), mode=mode,
-                           sigma_scale=sigma_scale, pad_value=float(pad_value))
+                           sigma_scale=sigma_scale, pad_value=float(pad_value), progress=progress)
 
 
 class flip_tta:  # noqa: N801  (used like a function transform)
@@ -302,6 +310,7 @@ def predict_volume(
     sigma_scale: float | Sequence[float] = 0.125,
     tta: bool = False,
     member_args: Sequence[tuple] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Array, Array]:
     """Probabilities and argmax labels of a volume: sliding windows, optional flip TTA (on
     logits), and an ensemble averaged on probabilities.
@@ -317,6 +326,7 @@ def predict_volume(
       roi_size, sw_batch_size, overlap, mode, sigma_scale: as in :func:`sliding_window_inference`.
       tta: average each member's logits over the left-right flip (:class:`flip_tta`, ``axis=1``).
       member_args: per-member ``args`` (e.g. each member's state).
+      progress: as in :func:`sliding_window_inference`, for each member in turn.
 
     Returns:
       ``(probabilities float32 [B, D, H, W, K], labels int32 [B, D, H, W])``.
@@ -338,7 +348,7 @@ def predict_volume(
     for fn, fn_args in zip(fns, per_member):
         logits = sliding_window_inference(flip_tta(fn) if tta else fn, image, *fn_args, roi_size=roi_size,
                                           sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
-                                          sigma_scale=sigma_scale)
+                                          sigma_scale=sigma_scale, progress=progress)
         member = jax.nn.softmax(logits, axis=-1)
         probs = member if probs is None else probs + member
     probs = probs / len(fns)

@@ -113,3 +113,18 @@ def write_run_report(workdir: str | os.PathLike, *, num_cases: int | None = None
     files.write_text(workdir / "report.md", "\n".join(lines) + "\n")
     files.write_json(workdir / "report.json", summary)
     return summary
+
+
+def outputs_summary(workdir: str | os.PathLike) -> str:
+    """The lines that end a training run: where its report, figures, metrics and checkpoints are
+    (those that exist), and how to evaluate or predict with it."""
+    workdir = Path(workdir)
+    items = [("report", "report.md"), ("figure", "slices.png"), ("results", "results.json"),
+             ("metrics", "metrics.jsonl"), ("TensorBoard", "tensorboard"), ("checkpoints", "checkpoints"),
+             ("best checkpoint", "best")]
+    lines = [f"Run finished in {workdir}:"]
+    lines += [f"  {name + ':':<17}{workdir / path}" for name, path in items if (workdir / path).exists()]
+    lines += [f"  {'evaluate:':<17}python -m experiments.evaluate --workdir={workdir}",
+              f"  {'predict:':<17}python -m experiments.predict --workdir={workdir} --input=IMAGE_OR_FOLDER "
+              "--output=FOLDER"]
+    return "\n".join(lines)

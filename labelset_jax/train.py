@@ -286,11 +286,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                             f"checkpoint in {workdir / 'checkpoints'} (step {ckpt.latest_step()}) is the last good one"
                         )
                     elapsed = time.perf_counter() - window_start
-                    rate = window_steps / max(elapsed, 1e-9)
-                    writer.write_scalars(step, {"train/loss": last_loss, "train/grad_norm": float(out["grad_norm"]),
-                                                "train/steps_per_s": rate})
-                    logging.info("step %d/%d loss %.4f | %.2f steps/s | ETA %.0f s", step, config.num_steps,
-                                 last_loss, rate, (config.num_steps - step) / max(rate, 1e-9))
+                    scalars = {"train/loss": last_loss, "train/grad_norm": float(out["grad_norm"])}
+                    if step == start + 1:  # its time is mostly compilation: no rate, no ETA from it
+                        logging.info("step %d/%d loss %.4f | first step %.1f s (compilation included)", step,
+                                     config.num_steps, last_loss, elapsed)
+                    else:
+                        rate = window_steps / max(elapsed, 1e-9)
+                        scalars["train/steps_per_s"] = rate
+                        logging.info("step %d/%d loss %.4f | %.2f steps/s | ETA %.0f s", step, config.num_steps,
+                                     last_loss, rate, (config.num_steps - step) / max(rate, 1e-9))
+                    writer.write_scalars(step, scalars)
                     window_start, window_steps = time.perf_counter(), 0
                 if is_eval:
                     model = TrainedModel(trainer.predict, state, config, label_space)

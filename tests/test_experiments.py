@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -51,6 +52,13 @@ def test_main_runs_one_step_and_writes_the_report(tmp_path):
     for name in ("results.json", "report.md", "report.json", "slices.png", "metrics.jsonl"):
         assert (tmp_path / name).exists(), name
     assert "| wm |" in (tmp_path / "report.md").read_text()
+    # The first step's time is mostly compilation: logged without a rate or an ETA.
+    first = next(line for line in out.stderr.splitlines() if "step 1/1 loss" in line)
+    assert "compilation included" in first and "ETA" not in first, first
+    # The run ends by saying where its outputs are.
+    for name in ("report.md", "slices.png", "results.json", "checkpoints", "tensorboard"):
+        assert f"{tmp_path / name}" in out.stdout, out.stdout
+    assert f"python -m experiments.evaluate --workdir={tmp_path}" in out.stdout
 
 
 def test_main_rejects_a_bad_config_with_exit_code_2(tmp_path):
@@ -88,6 +96,7 @@ def test_predict_keeps_affine_shape_and_header(workdir, tmp_path):
     np.testing.assert_allclose(seg.affine, affine, atol=1e-5)
     np.testing.assert_allclose(probs.get_fdata().sum(-1), 1.0, atol=1e-4)
     assert set(np.unique(seg.get_fdata()).astype(int)) <= set(range(9))
+    assert re.search(r"\[1/1\] case\.nii\.gz \| windows 1/\d+", out.stderr), out.stderr[-3000:]  # per window batch
 
 
 @pytest.mark.parametrize("content, message", [(None, "scan.nii.gz: no such file or folder"),

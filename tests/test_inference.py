@@ -168,6 +168,18 @@ def test_extra_args_reach_the_network_without_recompiling():
     assert len(calls) == traced
 
 
+def test_progress_is_reported_after_every_window_batch_and_changes_nothing():
+    seen = []
+    windows = np.prod([len(inference.window_starts(s, r, 0.5)) for s, r in zip(IMAGE.shape[1:4], ROI)])
+    batches = int(-(-IMAGE.shape[0] * windows // 3))
+    out = inference.sliding_window_inference(pointwise, IMAGE, roi_size=ROI, sw_batch_size=3,
+                                             progress=lambda done, total: seen.append((done, total)))
+    jax.effects_barrier()
+    assert sorted(seen) == [(i, batches) for i in range(1, batches + 1)]
+    np.testing.assert_allclose(out, inference.sliding_window_inference(pointwise, IMAGE, roi_size=ROI,
+                                                                      sw_batch_size=3), rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
