@@ -105,7 +105,8 @@ def predict_case(models: TrainedModel | Sequence[TrainedModel], image: np.ndarra
 
     Args:
       models: a :class:`TrainedModel`, or several of one label space (an ensemble).
-      image: ``[D, H, W]`` raw intensities (e.g. ``case.image``), normalised here by
+      image: ``[D, H, W]`` (or ``[D, H, W, K]``, K input channels) raw intensities (e.g.
+        ``case.image``), normalised here by
         :func:`~labelset_jax.data.normalize_image` as in training.
       settings: the sliding-window and TTA settings.
       progress: ``progress(done, total)`` after each batch of windows (see
@@ -117,8 +118,14 @@ def predict_case(models: TrainedModel | Sequence[TrainedModel], image: np.ndarra
     members = [models] if isinstance(models, TrainedModel) else list(models)
     if len({m.label_space.num_classes for m in members}) > 1:
         raise ValueError("the ensemble members predict different label spaces")
+    image = normalize_image(image)
+    channels = 1 if image.ndim == 3 else image.shape[-1]
+    # What a training config says (the model's default is 1); a bare config says nothing.
+    expected = {int(m.config.model.get("in_channels", 1)) for m in members if "model" in m.config}
+    if expected and expected != {channels}:
+        raise ValueError(f"the image has {channels} input channel(s), the model takes {sorted(expected)}")
     probs, labels = predict_volume(
-        [m.apply_fn for m in members], normalize_image(image)[None, ..., None],
+        [m.apply_fn for m in members], image.reshape(1, *image.shape[:3], channels),
         roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size, overlap=settings.overlap,
         mode=settings.mode, tta=settings.tta, member_args=[(m.state,) for m in members],
         progress=progress,

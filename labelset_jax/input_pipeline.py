@@ -73,8 +73,6 @@ def _nnunet_path(data: ml_collections.ConfigDict) -> str:
 def _nnunet_cases(data: ml_collections.ConfigDict) -> tuple[list[Case], list[Case]]:
     """The training and validation cases of an nnU-Net dataset folder (every file checked first)."""
     dataset = nnunet.read_dataset(_nnunet_path(data))
-    if dataset.num_channels != 1:
-        dataset.load_case(dataset.training[0])  # raises the one-line error naming the channels
     train, val = dataset.split(fold=int(data.get("fold", 0)), num_val=int(data.get("num_val", -1)),
                                seed=int(data.get("split_seed", 0)))
     return [dataset.load_case(c) for c in train], [dataset.load_case(c) for c in val]

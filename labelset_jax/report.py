@@ -95,7 +95,8 @@ def write_run_report(workdir: str | os.PathLike, *, num_cases: int | None = None
 
     def first_case_slices(case, prediction, row):
         if case is cases[0]:
-            save_slices_png(workdir / "slices.png", case.image, case.labels, prediction.labels, space,
+            image = case.image if case.num_channels == 1 else case.image[..., 0]  # the first channel
+            save_slices_png(workdir / "slices.png", image, case.labels, prediction.labels, space,
                             title=f"{config.get('loss')} — {case.id}")
 
     rows = evaluate_cases(model, cases, EvalSettings.from_config(config), on_case=first_case_slices)

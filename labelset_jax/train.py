@@ -74,6 +74,26 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize(**kwargs)
 
 
+def with_input_channels(config: ml_collections.ConfigDict, cases) -> ml_collections.ConfigDict:
+    """``config`` with ``model.in_channels`` set to the input channels of ``cases`` when they are
+    several and it was not set (a copy; saved with the run, so that ``load_trained`` rebuilds the
+    same network). Single-channel configs are returned as they are (the model's default is 1).
+
+    Raises:
+      ValueError: ``config.model.in_channels`` is set and differs from the data's.
+    """
+    channels = cases[0].num_channels if cases else 1
+    declared = config.model.get("in_channels")
+    if declared is not None and int(declared) != channels:
+        raise ValueError(f"config.model.in_channels={declared} but the training images have {channels} input channels")
+    if declared is not None or channels == 1:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model.in_channels = channels
+    return config
+
+
 def make_mesh() -> jax.sharding.Mesh:
     """A 1-D mesh ``("data",)`` over every device of every process."""
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -247,6 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     datasets = input_pipeline.create_datasets(config.data, seed=config.seed)
     label_space = datasets.label_space
+    config = with_input_channels(config, datasets.train)
     loader = input_pipeline.create_loader(config, datasets.train)
     model = create_model(config.model, num_classes=label_space.num_classes, rngs=nnx.Rngs(config.seed))
 
@@ -317,6 +338,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     return result
 
 
+def load_run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config a training workdir was run with (its ``config.json``, with the input channels).
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no ``config.json``: it is not a training run.
+    """
+    config_path = Path(workdir) / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
+    return ml_collections.ConfigDict(json.loads(config_path.read_text()))
+
+
 def load_trained(workdir: str | os.PathLike, *, best: bool = True) -> TrainedModel:
     """Rebuilds a trained model from its workdir (for evaluation, prediction and notebooks).
 
@@ -332,10 +365,7 @@ def load_trained(workdir: str | os.PathLike, *, best: bool = True) -> TrainedMod
       FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
     """
     workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    config = load_run_config(workdir)
     space_path = workdir / LABEL_SPACE_FILE
     if space_path.exists():
         label_space = nnunet.label_space_from_json(nnunet.read_json(space_path), where=str(space_path))

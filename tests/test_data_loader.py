@@ -146,6 +146,24 @@ def test_augmentation_off_gives_plain_normalised_patches(cases):
     assert zoomed.batch(0)[1].shape == (1, *PATCH)
 
 
+def test_channels_share_one_spatial_transform_and_are_normalised_apart(cases):
+    """A two-channel case (the image, and the image ×3) gives [B, D, H, W, 2] patches whose
+    channels are both the single-channel patch once each is normalised (zoom and flip on,
+    intensity augmentation off)."""
+    case = cases[0]
+    two = Case("two", np.stack([case.image, 3 * case.image], -1), case.labels, case.spacing)
+    assert two.num_channels == 2 and case.num_channels == 1
+    spatial = AugmentConfig(zoom_prob=1.0, flip_prob=0.5, noise_prob=0.0, contrast_prob=0.0, gamma_prob=0.0)
+    one = Loader([case], batch_size=2, patch_size=PATCH, seed=3, augment=spatial, prefetch=0).batch(4)
+    x, y = Loader([two], batch_size=2, patch_size=PATCH, seed=3, augment=spatial, prefetch=0).batch(4)
+    assert x.shape == (2, *PATCH, 2)
+    np.testing.assert_array_equal(y, one[1])
+    np.testing.assert_allclose(x[..., 0], one[0][..., 0], atol=1e-6)
+    np.testing.assert_allclose(x[..., 1], one[0][..., 0], atol=1e-4)
+    with pytest.raises(ValueError, match="every case needs the same channels"):
+        Loader([case, two], batch_size=1, patch_size=PATCH, seed=0)
+
+
 def test_bad_arguments(cases):
     with pytest.raises(ValueError, match="seed"):
         Loader(cases, batch_size=1, patch_size=PATCH, seed=-1)

@@ -41,12 +41,13 @@ WM_ONLY = ("mni_002", "mni_003")
 WITH_IGNORE = "mni_004"
 
 
-def make_mni_dataset(root, *, voxel_size: int = 8, num_test: int = 1) -> dict[str, np.ndarray]:
+def make_mni_dataset(root, *, voxel_size: int = 8, num_test: int = 1, channels: int = 1) -> dict[str, np.ndarray]:
     """Writes ``root`` (a dataset folder) from nilearn's MNI152 template and tissue maps.
 
     Five augmented training cases: ``mni_000``/``mni_001`` fully annotated, ``mni_002``/``mni_003``
     annotating only white matter (CSF and GM become the set ``not_wm`` = 4), ``mni_004`` fully
     annotated but with a slab of ignore label (5); ``num_test`` test images with ``labelsTs``.
+    ``channels=2`` adds a second input channel, a T2-like inverted contrast (CSF bright).
 
     Returns:
       The label map written for each case id.
@@ -62,14 +63,24 @@ def make_mni_dataset(root, *, voxel_size: int = 8, num_test: int = 1) -> dict[st
         if case_id == WITH_IGNORE:
             labels[:, :, : labels.shape[2] // 3] = 5
         written[case_id] = labels
-        training.append(SimpleNamespace(id=case_id, image=case.image, labels=labels, affine=case.affine))
+        training.append(SimpleNamespace(id=case_id, image=_channels(case.image, channels), labels=labels,
+                                        affine=case.affine))
     test = []
     for i in range(num_test):
         case = mni_tissue_case(100 + i, voxel_size=voxel_size)
-        test.append(SimpleNamespace(id=f"mni_test_{i:03d}", image=case.image, labels=case.labels, affine=case.affine))
+        test.append(SimpleNamespace(id=f"mni_test_{i:03d}", image=_channels(case.image, channels), labels=case.labels,
+                                    affine=case.affine))
         written[test[-1].id] = case.labels
-    write_dataset(root, training, space=space, channel_names=["T1"], test=test, name="MNI152 tissues")
+    write_dataset(root, training, space=space, channel_names=["T1", "T2"][:channels], test=test,
+                  name="MNI152 tissues")
     return written
+
+
+def _channels(t1: np.ndarray, channels: int) -> np.ndarray:
+    if channels == 1:
+        return t1
+    inverted = np.where(t1 > 0.1 * t1.max(), t1.max() - t1, 0.0)  # inside the head: dark WM, bright CSF
+    return np.stack([t1, inverted], axis=-1).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

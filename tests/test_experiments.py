@@ -96,7 +96,7 @@ def test_predict_keeps_affine_shape_and_header(workdir, tmp_path):
     np.testing.assert_allclose(seg.affine, affine, atol=1e-5)
     np.testing.assert_allclose(probs.get_fdata().sum(-1), 1.0, atol=1e-4)
     assert set(np.unique(seg.get_fdata()).astype(int)) <= set(range(9))
-    assert re.search(r"\[1/1\] case\.nii\.gz \| windows 1/\d+", out.stderr), out.stderr[-3000:]  # per window batch
+    assert re.search(r"\[1/1\] case \| windows 1/\d+", out.stderr), out.stderr[-3000:]  # per window batch
 
 
 @pytest.mark.parametrize("content, message", [(None, "scan.nii.gz: no such file or folder"),
@@ -252,6 +252,32 @@ def test_nnunet_dataset_trains_predicts_and_evaluates_end_to_end(mni_dataset, tm
     assert wm_only["dice_csf"] == wm_only["dice_gm"] == wm_only["dvol_soft_gm"] == "nan"  # not annotated
     assert all(np.isfinite(float(wm_only[k])) for k in ("dice_wm", "hd95_wm", "dvol_soft_wm"))
     assert all(np.isfinite(float(ignore[f"dice_{name}"])) for name in ("csf", "gm", "wm"))
+
+
+def test_multichannel_dataset_trains_and_predicts_nnunet_named_files(tmp_path):
+    """Two input channels (T1 + a T2-like contrast): the network takes both, the run records it,
+    predict groups {case}_{channel:04d} files and refuses a lone single-channel file."""
+    root = tmp_path / "Dataset003_MNI2"
+    make_mni_dataset(root, channels=2)
+    workdir = tmp_path / "run"
+    out = run("experiments.main", f"--config=configs/dataset.py:{root}", f"--workdir={workdir}", *NNUNET_TINY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((workdir / "config.json").read_text())["model"]["in_channels"] == 2
+    assert train.load_trained(workdir).state is not None
+
+    out = run("experiments.predict", f"--workdir={workdir}", f"--input={root / 'imagesTs'}",
+              f"--output={tmp_path / 'seg'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["mni_test_000_seg.nii.gz"]
+    seg = nib.load(tmp_path / "seg" / "mni_test_000_seg.nii.gz")
+    assert seg.shape == nib.load(root / "imagesTs" / "mni_test_000_0001.nii.gz").shape
+
+    (tmp_path / "one").mkdir()
+    shutil.copy(root / "imagesTs" / "mni_test_000_0000.nii.gz", tmp_path / "one" / "mni_test_000_0000.nii.gz")
+    out = run("experiments.predict", f"--workdir={workdir}", f"--input={tmp_path / 'one' / 'mni_test_000_0000.nii.gz'}",
+              f"--output={tmp_path / 'seg2'}")
+    _one_line_error(out, "mni_test_000_0001.nii.gz: missing")
+    assert not (tmp_path / "seg2").exists()
 
 
 def test_nnunet_bad_dataset_fails_before_the_run_exists(mni_dataset, tmp_path):

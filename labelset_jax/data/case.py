@@ -28,7 +28,8 @@ class Case:
 
     Attributes:
       id: a unique name (letters, digits, ``._-``), used as a file name.
-      image: float ``[D, H, W]`` raw intensities.
+      image: float ``[D, H, W]`` raw intensities, or ``[D, H, W, K]`` for ``K`` input channels
+        (e.g. T1 and T2 of one subject, co-registered).
       labels: int ``[D, H, W]`` label ids (leaves, and set ids under a partial protocol).
       spacing: voxel size in mm.
       protocol: the name of the annotation protocol the labels follow (``"full"``: every leaf).
@@ -55,14 +56,20 @@ class Case:
     def __post_init__(self):
         if not _SAFE_ID.match(self.id):
             raise ValueError(f"case id {self.id!r} must be letters, digits and ._- (it names files)")
-        if np.shape(self.image) != np.shape(self.labels) or np.ndim(self.labels) != 3:
-            raise ValueError(f"case {self.id}: need 3D image and labels of one shape, got "
-                             f"{np.shape(self.image)} and {np.shape(self.labels)}")
+        if np.shape(self.image)[:3] != np.shape(self.labels) or np.ndim(self.labels) != 3 \
+                or np.ndim(self.image) not in (3, 4):
+            raise ValueError(f"case {self.id}: need a 3D label map and an image of its shape (with channels "
+                             f"last, if several), got {np.shape(self.image)} and {np.shape(self.labels)}")
         object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         if len(self.spacing) != 3:
             raise ValueError(f"case {self.id}: spacing must have 3 entries, got {self.spacing}")
         if self.affine is None:
-            object.__setattr__(self, "affine", phantom_affine(np.shape(self.image), self.spacing))
+            object.__setattr__(self, "affine", phantom_affine(np.shape(self.labels), self.spacing))
+
+    @property
+    def num_channels(self) -> int:
+        """The number of input channels ``K`` (1 for a ``[D, H, W]`` image)."""
+        return 1 if np.ndim(self.image) == 3 else int(np.shape(self.image)[3])
 
     @property
     def voxel_ml(self) -> float:

@@ -66,8 +66,9 @@ class _Failure:
 class Loader:
     """Random training patches of a list of cases, batched, prefetched in a background thread.
 
-    Iterating yields ``(image float32 [B, D, H, W, 1], labels int32 [B, D, H, W])`` NumPy batches
-    forever (``B`` the per-process batch size, ``(D, H, W) = patch_size``). Use it as a context
+    Iterating yields ``(image float32 [B, D, H, W, K], labels int32 [B, D, H, W])`` NumPy batches
+    forever (``B`` the per-process batch size, ``(D, H, W) = patch_size``, ``K`` the cases' input
+    channels, 1 for ``[D, H, W]`` images). Use it as a context
     manager or call :meth:`close` to stop the worker thread. An exception in the worker is
     re-raised by the next ``next()``.
 
@@ -145,7 +146,11 @@ class Loader:
         self.local_batch_size = self.batch_size // self.process_count
 
         self._images, self._labels, self._fg = [], [], []
+        self.num_channels = cases[0].num_channels if cases else 1
         for k, case in enumerate(cases):
+            if case.num_channels != self.num_channels:
+                raise ValueError(f"case {case.id} has {case.num_channels} input channels, case {cases[0].id} "
+                                 f"{self.num_channels}: every case needs the same channels")
             if space is not None:
                 validate_labels(case.labels, space, what=case.id)
             labels = np.asarray(case.labels, np.int32)
@@ -205,7 +210,8 @@ class Loader:
         return int(members[self._permutation(epoch, 1 if is_full else 2, len(members))[offset]])
 
     def sample(self, step: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``j`` (global position) of batch ``step``: ``(image [D, H, W], labels [D, H, W])``."""
+        """Sample ``j`` (global position) of batch ``step``: ``(image [D, H, W] (+ [K] with K > 1
+        channels), labels [D, H, W])``."""
         k = self.case_index(step, j)
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, _TAG_SAMPLE, step, j])))
         return augment_patch(
@@ -224,10 +230,11 @@ class Loader:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         first = self.process_index * self.local_batch_size
-        images = np.empty((self.local_batch_size, *self.patch_size, 1), np.float32)
+        images = np.empty((self.local_batch_size, *self.patch_size, self.num_channels), np.float32)
         labels = np.empty((self.local_batch_size, *self.patch_size), np.int32)
         for i in range(self.local_batch_size):
-            images[i, ..., 0], labels[i] = self.sample(step, first + i)
+            image, labels[i] = self.sample(step, first + i)
+            images[i] = image.reshape(images.shape[1:])
         return images, labels
 
     # ------------------------------------------------------------------ state

@@ -71,6 +71,7 @@ __all__ = [
     "NnunetDataset",
     "read_dataset",
     "read_label_space",
+    "channel_cases",
     "read_json",
     "write_dataset",
     "label_space_from_json",
@@ -349,26 +350,22 @@ class NnunetDataset:
         return name + ("+ignore" if case.has_ignore else "")
 
     def load_case(self, case: DatasetCase | str) -> Case:
-        """Loads a labelled single-channel case as the library's :class:`~labelset_jax.data.Case`.
+        """Loads a labelled case as the library's :class:`~labelset_jax.data.Case` (image
+        ``[D, H, W]`` for one channel, ``[D, H, W, K]`` for ``K``).
 
         ``protocol`` is :meth:`protocol_name`; ``metadata["annotated"]`` holds the leaves the
         case is scored on.
 
         Raises:
-          DatasetError: the dataset has several input channels, the case has no label file, or
-            any error of :meth:`load`.
+          DatasetError: the case has no label file, or any error of :meth:`load`.
         """
         if isinstance(case, str):
             case = self.case(case)
-        if self.num_channels != 1:
-            raise DatasetError(
-                f"{self.root / 'dataset.json'}: {self.num_channels} input channels {list(self.channel_names)}; "
-                "training and evaluation take one channel for now (load() stacks them)"
-            )
         if case.label_path is None:
             raise DatasetError(f"{case.image_paths[0]}: case {case.id!r} has no label file")
         image, labels, affine, spacing = self.load(case)
-        return Case(case.id, image[..., 0], labels, spacing, self.protocol_name(case), affine,
+        return Case(case.id, image[..., 0] if self.num_channels == 1 else image, labels, spacing,
+                    self.protocol_name(case), affine,
                     metadata={"annotated": case.annotated})
 
 
@@ -422,6 +419,37 @@ def _list_cases(folder: Path, ending: str, *, channels: bool) -> dict[str, dict[
         else:
             out[stem] = path
     return out
+
+
+def channel_cases(path: str | os.PathLike, num_channels: int, *,
+                  atol: float = 1e-3) -> list[tuple[str, list[Path]]]:
+    """The cases of a folder of multi-channel images named as nnU-Net names them
+    (``{case}_{channel:04d}.nii.gz``), or the one case of such a file and its sibling channels:
+    ``[(case id, [channel 0 file, ..., channel K-1 file])]``, headers checked (every channel present,
+    one shape and affine per case), no voxel read.
+
+    Raises:
+      DatasetError: no such file or folder, a file not named so, a missing channel, or channels
+        whose shape or affine differ; the message names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
+    folder = path if path.is_dir() else path.parent
+    names = [path.name] if path.is_file() else [p.name for p in folder.iterdir()]
+    ending = ".nii.gz" if any(n.endswith(".nii.gz") for n in names) else ".nii"
+    cases = _list_cases(folder, ending, channels=True)
+    if path.is_file():
+        match = _CHANNEL_FILE.match(path.name[: -len(ending)]) if path.name.endswith(ending) else None
+        if match is None:
+            raise DatasetError(f"{path}: the model takes {num_channels} input channels; name the files "
+                               f"{{case}}_{{channel:04d}}{ending}, one per channel")
+        cases = {match["case"]: cases[match["case"]]}
+    if not cases:
+        raise DatasetError(f"{path}: no {{case}}_{{channel:04d}}{ending} image in the folder")
+    for case_id, files in cases.items():
+        _check_case(case_id, files, None, num_channels, folder, ending, atol)
+    return [(case_id, [files[k] for k in range(num_channels)]) for case_id, files in cases.items()]
 
 
 def _count_other_endings(folder: Path, ending: str) -> str:

@@ -141,6 +141,9 @@ def normalize_image(image: np.ndarray, *, relative_threshold: float = 0.1) -> np
     [0.0, 0.0, -1.225, 0.0, 1.225]
     """
     image = np.asarray(image, np.float32)
+    if image.ndim == 4:  # channels last: each channel on its own
+        return np.stack([normalize_image(image[..., k], relative_threshold=relative_threshold)
+                         for k in range(image.shape[-1])], axis=-1)
     threshold = relative_threshold * float(np.percentile(image, 99))
     return zscore(image, brain_mask(image=image, threshold=threshold))
 
@@ -371,7 +374,8 @@ def augment_patch(
     """The training pipeline for one sample: patch + zoom + flip, then intensities inside the mask.
 
     Args:
-      image: the (already normalised, e.g. :func:`zscore`) image, float ``[D, H, W]``.
+      image: the (already normalised, e.g. :func:`zscore`) image, float ``[D, H, W]`` or, with
+        ``K`` channels, ``[D, H, W, K]`` (one spatial transform; intensities per channel).
       labels: int label ids ``[D, H, W]``.
       rng: the sample's ``Generator``.
       patch_size: output shape.
@@ -381,8 +385,9 @@ def augment_patch(
       fg_index: :func:`foreground_index` of ``labels`` (computed here when missing).
 
     Returns:
-      ``(image float32 patch_size, labels int32 patch_size)``.
+      ``(image float32 patch_size (+ [K]), labels int32 patch_size)``.
     """
+    image = np.asarray(image)
     config = AugmentConfig.none() if config is None else config
     zoom = float(rng.uniform(*config.zoom_range)) if rng.random() < config.zoom_prob else 1.0
     flip = tuple(a for a in config.flip_axes if rng.random() < config.flip_prob)
@@ -391,11 +396,13 @@ def augment_patch(
     centre = sample_patch_centre(
         labels.shape, patch_size, rng, zoom=zoom, foreground_prob=foreground_prob, fg_index=fg_index
     )
-    x = extract_patch(image, centre, patch_size, zoom=zoom, flip=flip, order=1).astype(np.float32, copy=False)
+    channels = [image] if image.ndim == 3 else [image[..., k] for k in range(image.shape[-1])]
+    xs = [extract_patch(c, centre, patch_size, zoom=zoom, flip=flip, order=1).astype(np.float32, copy=False)
+          for c in channels]
     y = extract_patch(labels, centre, patch_size, zoom=zoom, flip=flip, order=0).astype(np.int32, copy=False)
     if mask is None:
         patch_mask = y != 0
     else:
         patch_mask = extract_patch(mask.astype(np.uint8), centre, patch_size, zoom=zoom, flip=flip, order=0) != 0
-    x = augment_intensity(x, patch_mask, rng, config)
-    return x, y
+    xs = [augment_intensity(x, patch_mask, rng, config) for x in xs]
+    return (xs[0] if image.ndim == 3 else np.stack(xs, axis=-1)), y
