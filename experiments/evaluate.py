@@ -3,14 +3,17 @@ r"""Evaluate trained workdir(s) on a dataset split: per-case and summary tables.
     python -m experiments.evaluate --workdir=runs/default
     python -m experiments.evaluate --workdir=runs/a,runs/b --tta --output=runs/ensemble_eval
     python -m experiments.evaluate --workdir=runs/default --manifest=data/test/manifest.csv
+    python -m experiments.evaluate --workdir=runs/mine --split=test   # an nnU-Net dataset's imagesTs/labelsTs
 
 Several comma-separated workdirs form an ensemble (probabilities averaged). Without
-``--manifest`` the validation cases of the (first) workdir's config are used. Partially annotated
+``--manifest`` the validation cases of the (first) workdir's config are used, or with
+``--split=test`` the labelled held-out cases of its nnU-Net dataset (``imagesTs`` + ``labelsTs``). Partially annotated
 cases (manifest ``protocol``) are scored only on the leaves their protocol annotates. The sliding
 windows follow the first workdir's ``config.eval``; ``--tta``/``--notta`` override its ``tta``.
 
 Writes ``per_case.csv``, ``summary.csv`` (mean, 95% bootstrap CI, n per metric) and
-``summary.md`` into ``--output`` (default ``<first workdir>/eval``), each atomically.
+``summary.md`` into ``--output`` (default ``<first workdir>/eval``, ``eval_test`` for the test split),
+each atomically.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from labelset_jax.evaluation import EvalSettings, evaluate_cases, summarize
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir, or comma-separated workdirs (an ensemble).")
 _MANIFEST = flags.DEFINE_string("manifest", None, "CSV manifest of the cases to evaluate (default: validation cases).")
+_SPLIT = flags.DEFINE_enum("split", "val", ["val", "test"],
+                           "Without --manifest: the run's validation cases, or its nnU-Net dataset's labelled imagesTs.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (default <first workdir>/eval).")
 _TTA = flags.DEFINE_bool("tta", None, "Left-right flip test-time augmentation (default: the config's eval.tta).")
 _BEST = flags.DEFINE_bool("best", True, "Use the best checkpoint (else the latest).")
@@ -39,7 +44,9 @@ def main(argv):
     for w in workdirs:
         if not (Path(w) / "config.json").exists():
             cli.fail(f"{w} is not a training workdir (no config.json)")
-    output = Path(_OUTPUT.value or Path(workdirs[0]) / "eval")
+    if _MANIFEST.value and _SPLIT.value != "val":
+        cli.fail("--split and --manifest both choose the cases: pass one of them")
+    output = Path(_OUTPUT.value or Path(workdirs[0]) / ("eval" if _SPLIT.value == "val" else "eval_test"))
     cli.check_output_folder(output)  # before loading anything
     try:
         if _MANIFEST.value:
@@ -50,6 +57,8 @@ def main(argv):
         config = models[0].config
         if _MANIFEST.value:
             cases = load_cases(manifest_rows)
+        elif _SPLIT.value == "test":
+            cases = input_pipeline.create_test_cases(config.data)
         else:
             cases = input_pipeline.create_datasets(config.data, seed=config.seed).val
         settings = EvalSettings.from_config(config)

@@ -78,6 +78,23 @@ def _nnunet_cases(data: ml_collections.ConfigDict) -> tuple[list[Case], list[Cas
     return [dataset.load_case(c) for c in train], [dataset.load_case(c) for c in val]
 
 
+def create_test_cases(data: ml_collections.ConfigDict) -> list[Case]:
+    """The labelled held-out cases of an nnU-Net dataset: ``imagesTs`` images that have a
+    ``labelsTs`` file (checked, then loaded).
+
+    Raises:
+      ValueError: the config's data are not an nnU-Net dataset, or it has no labelled test case.
+    """
+    if data.get("name") != "nnunet":
+        raise ValueError(f"held-out test cases come from an nnU-Net dataset's imagesTs/labelsTs; this run's data "
+                         f"are {data.get('name')!r} (pass --manifest instead)")
+    dataset = nnunet.read_dataset(_nnunet_path(data))
+    labelled = [case for case in dataset.test if case.label_path is not None]
+    if not labelled:
+        raise ValueError(f"{dataset.root}: no labelled test case (imagesTs/ images with labelsTs/ label files)")
+    return [dataset.load_case(case) for case in labelled]
+
+
 def _apply_label_transform(cases: list[Case], transform: str, space: LabelSpace) -> list[Case]:
     if transform == "none":
         return cases

@@ -253,6 +253,13 @@ def test_nnunet_dataset_trains_predicts_and_evaluates_end_to_end(mni_dataset, tm
     assert all(np.isfinite(float(wm_only[k])) for k in ("dice_wm", "hd95_wm", "dvol_soft_wm"))
     assert all(np.isfinite(float(ignore[f"dice_{name}"])) for name in ("csf", "gm", "wm"))
 
+    out = run("experiments.evaluate", f"--workdir={workdir}", "--split=test")  # imagesTs + labelsTs
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = list(csv.DictReader(open(workdir / "eval_test" / "per_case.csv")))
+    assert [r["id"] for r in rows] == ["mni_test_000"] and rows[0]["protocol"] == "full"
+    _one_line_error(run("experiments.evaluate", f"--workdir={workdir}", "--split=test", "--manifest=x.csv"),
+                    "--split and --manifest")
+
 
 def test_multichannel_dataset_trains_and_predicts_nnunet_named_files(tmp_path):
     """Two input channels (T1 + a T2-like contrast): the network takes both, the run records it,
@@ -365,4 +372,7 @@ def test_evaluate_rejects_an_empty_workdir_list_and_an_empty_manifest(workdir, t
     out = run("experiments.evaluate", f"--workdir={workdir}", f"--manifest={tmp_path / 'empty.csv'}",
               f"--output={tmp_path / 'eval'}")
     _one_line_error(out, "empty.csv: the manifest lists no case")
+    assert not (tmp_path / "eval").exists()
+    out = run("experiments.evaluate", f"--workdir={workdir}", "--split=test", f"--output={tmp_path / 'eval'}")
+    _one_line_error(out, "held-out test cases come from an nnU-Net dataset's imagesTs/labelsTs")  # phantom run
     assert not (tmp_path / "eval").exists()
