@@ -34,7 +34,7 @@ from monai.inferers import sliding_window_inference as monai_sliding_window_infe
 import speed
 import torch_twin
 from labelset_jax.inference import sliding_window_inference
-from labelset_jax.models import count_params, unet3d
+from labelset_jax.models import unet3d
 
 _CONFIG = config_flags.DEFINE_config_file("config", speed.DEFAULT_CONFIG, "Python config file (get_config()).")
 _PRESET = flags.DEFINE_enum("preset", "", ["", "small", "reference"], "model preset ('' = the config's model)")
@@ -60,10 +60,7 @@ def setup():
     start = time.perf_counter()
     model, trainer, state, _, mesh = speed.build(config)
     build_s = time.perf_counter() - start
-    twin = torch_twin.twin_of(model).eval()
-    ours_n, twin_n = count_params(model), torch_twin.count_params(twin)
-    assert ours_n == twin_n, f"parameter counts differ: ours {ours_n:,}, twin {twin_n:,}"
-    torch_twin.copy_weights(twin, model)
+    twin = torch_twin.matched_twin(model).eval()
     volume = tuple(int(s) for s in _VOLUME.value)
     image = np.random.default_rng(0).standard_normal((1, *volume, 1), dtype=np.float32)
     roi = (_ROI.value,) * 3

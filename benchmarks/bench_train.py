@@ -34,7 +34,7 @@ from ml_collections import config_flags
 
 import speed
 import torch_twin
-from labelset_jax.models import count_params, unet3d
+from labelset_jax.models import unet3d
 
 _CONFIG = config_flags.DEFINE_config_file("config", speed.DEFAULT_CONFIG, "Python config file (get_config()).")
 _PRESET = flags.DEFINE_enum("preset", "", ["", "small", "reference"], "model preset ('' = the config's model)")
@@ -68,10 +68,7 @@ def setup():
     model, trainer, state, space, mesh = speed.build(config)
     build_s = time.perf_counter() - start
     images, labels = make_batch(_BATCH.value, _PATCH.value, space.num_classes)
-    twin = torch_twin.twin_of(model)
-    ours_n, twin_n = count_params(model), torch_twin.count_params(twin)
-    assert ours_n == twin_n, f"parameter counts differ: ours {ours_n:,}, twin {twin_n:,}"
-    torch_twin.copy_weights(twin, model)
+    twin = torch_twin.matched_twin(model)
     return config, model, trainer, state, mesh, twin, images, labels, build_s
 
 

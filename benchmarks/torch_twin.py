@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelset_jax.models import count_params as jax_count_params
+
 
 class Block(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: int):
@@ -73,6 +75,15 @@ def twin_of(model) -> TorchUNet3D:
     """A twin with ``model``'s architecture (fresh PyTorch initialisation)."""
     return TorchUNet3D(num_classes=model.num_classes, in_channels=model.in_channels, features=model.features,
                        downsample=model.downsample)
+
+
+def matched_twin(model) -> TorchUNet3D:
+    """The twin of ``model`` holding its weights; asserts that both have the same parameter count."""
+    twin = twin_of(model)
+    ours, theirs = jax_count_params(model), count_params(twin)
+    assert ours == theirs, f"parameter counts differ: ours {ours:,}, twin {theirs:,}"
+    copy_weights(twin, model)
+    return twin
 
 
 def count_params(module: nn.Module) -> int:
