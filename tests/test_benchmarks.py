@@ -36,3 +36,11 @@ def test_bench_inference_tiny_with_memory():
     assert "check: max |ours - MONAI|" in output
     assert re.search(r"^\| peak memory above set-up \(MiB\) \| \d+ \| \d+ \|", output, re.MULTILINE), output
     assert ratio(output, "sliding_window") > 0
+
+
+def test_profile_step_tiny():
+    output = run("profile_step.py", "--patch=16", "--batch=1", "--top=5")
+    assert "| YNNPACK library call (convolutions, matrix products) |" in output
+    shares = [int(m) for m in re.findall(r"^\| [^|`]+ \| \d+ \| (\d+)% \|$", output, re.MULTILINE)]
+    assert len(shares) >= 3 and 95 <= sum(shares) <= 105, output
+    assert len(re.findall(r"^\| `", output, re.MULTILINE)) == 5, output
