@@ -1,12 +1,15 @@
-r"""Where the time of our train step goes: the XLA ops of two profiled steps, grouped by kind.
+r"""Where the time of our train step (or sliding-window inference) goes: the XLA ops of two
+profiled calls, grouped by kind.
 
-Builds the model and jitted step as ``bench_train.py`` does (same flags), runs two steps under
+Builds the model and jitted step as ``bench_train.py`` does (same flags), runs two steps (or, with
+``--volume``, two sliding-window inferences as ``bench_inference.py`` times them) under
 ``jax.profiler`` and prints the share of each kind of op (convolution, its gradients, fusions,
 reductions, copies, ...) and the most expensive single ops, per step. This is the profile behind
 the "what holds it back" notes of ``benchmarks/RESULTS.md``.
 
     python benchmarks/profile_step.py --preset=reference --patch=64 --batch=1
     python benchmarks/profile_step.py --top=30                      # the default (small) model
+    python benchmarks/profile_step.py --volume=97,115,97            # its sliding-window inference
 """
 
 from __future__ import annotations
@@ -18,12 +21,17 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 from absl import app, flags
 
 import bench_train
 import speed
+from labelset_jax.inference import sliding_window_inference
 
 _TOP = flags.DEFINE_integer("top", 15, "how many single ops to list")
+_VOLUME = flags.DEFINE_list("volume", [], "profile sliding-window inference over a volume D,H,W instead of a train step")
+_ROI = flags.DEFINE_integer("roi", 64, "inference: cubic window size")
+_SW_BATCH = flags.DEFINE_integer("sw_batch_size", 2, "inference: windows per model call")
 
 # Op kinds by the name XLA:CPU gives the op (the HLO instruction or fusion name).
 _KINDS = [
@@ -50,19 +58,34 @@ def main(argv):
     speed.ensure_hugepages(bench_train._HUGEPAGES.value)
     config, model, trainer, state, mesh, _, images, labels, _ = bench_train.setup()
     print(speed.environment())
-    print(speed.describe(model, config) + f"; batch {config.batch_size} x {config.patch_size[0]}³")
     with jax.set_mesh(mesh):
-        x = jax.device_put(images, trainer.data_sharding)
-        y = jax.device_put(labels, trainer.data_sharding)
+        if _VOLUME.value:  # one sliding-window inference of a random volume
+            volume = tuple(int(v) for v in _VOLUME.value)
+            image = np.random.default_rng(0).standard_normal((1, *volume, 1), dtype=np.float32)
+            print(speed.describe(model, config) + f"; sliding window over {volume}, roi {_ROI.value}³, overlap 0.5, "
+                  f"{_SW_BATCH.value} windows per call")
+
+            def call():
+                out = sliding_window_inference(trainer.predict, image, state, roi_size=(_ROI.value,) * 3,
+                                               sw_batch_size=_SW_BATCH.value, overlap=0.5, mode="gaussian")
+                jax.block_until_ready(out)
+        else:
+            print(speed.describe(model, config) + f"; train step, batch {config.batch_size} x {config.patch_size[0]}³")
+            x = jax.device_put(images, trainer.data_sharding)
+            y = jax.device_put(labels, trainer.data_sharding)
+            holder = {"state": state}
+
+            def call():
+                holder["state"], _ = trainer.train_step(holder["state"], x, y)
+                jax.block_until_ready(holder["state"])
+
         for _ in range(2):  # compile and warm up
-            state, _ = trainer.train_step(state, x, y)
-            jax.block_until_ready(state)
+            call()
         with tempfile.TemporaryDirectory() as folder:
             jax.profiler.start_trace(folder)
             start = time.perf_counter()
             for _ in range(2):
-                state, _ = trainer.train_step(state, x, y)
-                jax.block_until_ready(state)
+                call()
             step_s = (time.perf_counter() - start) / 2
             jax.profiler.stop_trace()
             trace = next(Path(folder).rglob("*.xplane.pb"))
@@ -74,17 +97,17 @@ def main(argv):
                 continue
             for event in line.events:
                 if not event.name.startswith("ThunkExecutor"):
-                    per_op[event.name] += event.duration_ns / 2e6  # ms per step
+                    per_op[event.name] += event.duration_ns / 2e6  # ms per call
                     calls[event.name] += 1
     by_kind = collections.Counter()
     for name, ms in per_op.items():
         by_kind[kind(name)] += ms
     total = sum(by_kind.values())
-    print(f"\nstep {step_s * 1e3:.0f} ms wall; {total:.0f} ms of op time per step (ops may overlap on 2 threads)\n")
-    print("| op kind | ms / step | share |\n|---|---|---|")
+    print(f"\n{step_s * 1e3:.0f} ms wall per call; {total:.0f} ms of op time per call (ops overlap on several threads)\n")
+    print("| op kind | ms / call | share |\n|---|---|---|")
     for label, ms in by_kind.most_common():
         print(f"| {label} | {ms:.0f} | {ms / total:.0%} |")
-    print("\n| top op | ms / step | calls / step |\n|---|---|---|")
+    print("\n| top op | ms / call | runs / call |\n|---|---|---|")
     for name, ms in per_op.most_common(_TOP.value):
         print(f"| `{name[:90]}` | {ms:.1f} | {calls[name] // 2} |")
 
