@@ -77,7 +77,7 @@ class TrainedModel(NamedTuple):
     """A trained model, its weights explicit.
 
     Attributes:
-      apply_fn: ``apply_fn(images [N, D, H, W, 1], state) -> logits [N, D, H, W, C]`` (argument
+      apply_fn: ``apply_fn(images [N, D, H, W, K], state) -> logits [N, D, H, W, C]`` (K input channels; argument
         order of :func:`labelset_jax.inference.sliding_window_inference`'s ``apply_fn(x, *args)``);
         a jitted function, reused across calls.
       state: the model's parameters and other variables (a pytree of arrays).

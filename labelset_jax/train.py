@@ -358,7 +358,7 @@ def load_trained(workdir: str | os.PathLike, *, best: bool = True) -> TrainedMod
       best: the best checkpoint by validation Dice when there is one, else the latest.
 
     Returns:
-      A :class:`~labelset_jax.evaluation.TrainedModel`: ``apply_fn(images [N, D, H, W, 1], state)``
+      A :class:`~labelset_jax.evaluation.TrainedModel`: ``apply_fn(images [N, D, H, W, K], state)``
       gives the logits (of the full-resolution head), with ``state`` the restored weights.
 
     Raises:
