@@ -51,7 +51,8 @@ _DOTS_MIN = flags.DEFINE_integer("dots_min_features", unet3d.DOTS_WEIGHT_GRADIEN
                                  "kernel gradients as matrix products from this many output channels on")
 _PROBE = flags.DEFINE_enum("probe", "", ["", "jax", "torch"], "internal: memory probe of one framework")
 
-FORWARDED = ("preset", "volume", "roi", "overlap", "sw_batch_size", "downsample", "conv_impl", "hugepages", "dots_min_features")
+FORWARDED = ("preset", "volume", "roi", "overlap", "sw_batch_size", "downsample", "conv_impl", "hugepages",
+             "dots_min_features")
 
 
 def setup():

@@ -29,7 +29,7 @@ import speed
 from labelset_jax.inference import sliding_window_inference
 
 _TOP = flags.DEFINE_integer("top", 15, "how many single ops to list")
-_VOLUME = flags.DEFINE_list("volume", [], "profile sliding-window inference over a volume D,H,W instead of a train step")
+_VOLUME = flags.DEFINE_list("volume", [], "profile sliding-window inference over a volume D,H,W (not a train step)")
 _ROI = flags.DEFINE_integer("roi", 64, "inference: cubic window size")
 _SW_BATCH = flags.DEFINE_integer("sw_batch_size", 2, "inference: windows per model call")
 
@@ -103,7 +103,8 @@ def main(argv):
     for name, ms in per_op.items():
         by_kind[kind(name)] += ms
     total = sum(by_kind.values())
-    print(f"\n{step_s * 1e3:.0f} ms wall per call; {total:.0f} ms of op time per call (ops overlap on several threads)\n")
+    print(f"\n{step_s * 1e3:.0f} ms wall per call; {total:.0f} ms of op time per call "
+          "(ops overlap on several threads)\n")
     print("| op kind | ms / call | share |\n|---|---|---|")
     for label, ms in by_kind.most_common():
         print(f"| {label} | {ms:.0f} | {ms / total:.0%} |")

@@ -29,7 +29,8 @@ from labelset_jax.evaluation import EvalSettings, evaluate_cases, summarize
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir, or comma-separated workdirs (an ensemble).")
 _MANIFEST = flags.DEFINE_string("manifest", None, "CSV manifest of the cases to evaluate (default: validation cases).")
 _SPLIT = flags.DEFINE_enum("split", "val", ["val", "test"],
-                           "Without --manifest: the run's validation cases, or its nnU-Net dataset's labelled imagesTs.")
+                           "Without --manifest: the run's validation cases, or its nnU-Net dataset's labelled "
+                           "imagesTs.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (default <first workdir>/eval).")
 _TTA = flags.DEFINE_bool("tta", None, "Left-right flip test-time augmentation (default: the config's eval.tta).")
 _BEST = flags.DEFINE_bool("best", True, "Use the best checkpoint (else the latest).")
