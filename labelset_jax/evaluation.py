@@ -77,8 +77,8 @@ class TrainedModel(NamedTuple):
     """A trained model, its weights explicit.
 
     Attributes:
-      apply_fn: ``apply_fn(images [N, D, H, W, K], state) -> logits [N, D, H, W, C]`` (K input channels; argument
-        order of :func:`labelset_jax.inference.sliding_window_inference`'s ``apply_fn(x, *args)``);
+      apply_fn: ``apply_fn(images [N, D, H, W, K], state) -> logits [N, D, H, W, C]`` (``K`` input
+        channels; argument order of :func:`labelset_jax.inference.sliding_window_inference`'s ``apply_fn(x, *args)``);
         a jitted function, reused across calls.
       state: the model's parameters and other variables (a pytree of arrays).
       config: the training config.
@@ -105,9 +105,9 @@ def predict_case(models: TrainedModel | Sequence[TrainedModel], image: np.ndarra
 
     Args:
       models: a :class:`TrainedModel`, or several of one label space (an ensemble).
-      image: ``[D, H, W]`` (or ``[D, H, W, K]``, K input channels) raw intensities (e.g.
-        ``case.image``), normalised here by
-        :func:`~labelset_jax.data.normalize_image` as in training.
+      image: ``[D, H, W]`` (or ``[D, H, W, K]``, ``K`` input channels) raw intensities (e.g.
+        ``case.image``), normalised here by :func:`~labelset_jax.data.normalize_image` as in
+        training.
       settings: the sliding-window and TTA settings.
       progress: ``progress(done, total)`` after each batch of windows (see
         :func:`~labelset_jax.inference.sliding_window_inference`).
