@@ -43,8 +43,10 @@ def main(argv):
     if not workdirs:
         cli.fail(f"--workdir={_WORKDIR.value!r} names no workdir")
     for w in workdirs:
-        if not (Path(w) / "config.json").exists():
-            cli.fail(f"{w} is not a training workdir (no config.json)")
+        try:
+            train.load_run_config(w)  # the one check that a folder is a training run
+        except FileNotFoundError as e:
+            cli.fail(str(e))
     if _MANIFEST.value and _SPLIT.value != "val":
         cli.fail("--split and --manifest both choose the cases: pass one of them")
     output = Path(_OUTPUT.value or Path(workdirs[0]) / ("eval" if _SPLIT.value == "val" else "eval_test"))
