@@ -67,7 +67,8 @@ def get_config(arg: str = "leaf_dice") -> ml_collections.ConfigDict:
         data.shape = (40, 40, 40)
         # 2 normal atlases; 12 partial cases, 4 per protocol, of which 2 abnormal.
         data.protocols = ml_collections.ConfigDict(dict(full=2, wm_vent_cereb=4, plus_ecsf=4, plus_ecsf_cc=4))
-        data.num_val = 2
+        data.num_val = 4  # fully segmented validation phantoms for the convergence check, 2 of them abnormal
+        data.val_abnormal = 2
         config.num_steps = 250
         config.batch_size = 2
         config.patch_size = (32, 32, 32)
@@ -76,14 +77,15 @@ def get_config(arg: str = "leaf_dice") -> ml_collections.ConfigDict:
         config.model.base_features = 8
         config.model.max_features = 32
         config.checkpoint_every = 100
-        config.eval_every = 300
+        config.eval_every = 100
         config.eval.roi_size = (32, 32, 32)
         config.eval.overlap = 0.25
         if scale == "smoke":
             data.shape = (32, 32, 32)
             data.protocols = ml_collections.ConfigDict(dict(full=1, wm_vent_cereb=1, plus_ecsf=1, plus_ecsf_cc=0))
-            data.num_val = 1
+            data.num_val, data.val_abnormal = 2, 1
             data.prefetch = 0
+            config.eval_every = 1
             config.num_steps = 2
             config.patch_size = (16, 16, 16)
             config.model.num_levels, config.model.base_features, config.model.max_features = 2, 4, 8
@@ -106,7 +108,7 @@ def get_config(arg: str = "leaf_dice") -> ml_collections.ConfigDict:
 
     # What the study driver adds to the runs: run seeds and the held-out, fully segmented test set
     # (seeds 1000 * data.seed + test_seed_offset + i; normal cases first).
-    sizes = {"cpu": (3, 10), "paper": (10, 20), "smoke": (2, 1)}  # run seeds, test cases per group
+    sizes = {"cpu": (5, 10), "paper": (10, 20), "smoke": (2, 1)}  # run seeds, test cases per group
     config.study = ml_collections.ConfigDict(dict(
         seeds=sizes[scale][0],
         num_test_normal=sizes[scale][1],

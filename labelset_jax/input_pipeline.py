@@ -131,7 +131,8 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
     is set (a data seed, so that runs with different ``seed`` share their data), else of ``seed``.
     For phantoms, ``config.data.abnormal_fraction`` (default 0) makes that fraction of each
     partially annotated protocol's cases abnormal (rounded half up; the fully segmented cases stay
-    normal; :func:`~labelset_jax.data.phantom_cohort`).
+    normal; :func:`~labelset_jax.data.phantom_cohort`), and ``config.data.val_abnormal`` (default 0)
+    makes that many of the ``num_val`` fully segmented validation phantoms abnormal.
 
     Raises:
       ValueError: an unknown source, generator or transform, or a problem with the files (the
@@ -149,7 +150,11 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
         train_cases = data_lib.phantom_cohort(dict(data.protocols), first_seed=first, shape=shape,
                                               abnormal=abnormal).cases
         val_first = first + VAL_SEED_OFFSET
-        val_cases = data_lib.phantom_cohort({"full": data.num_val}, first_seed=val_first, shape=shape).cases
+        val_abnormal = int(data.get("val_abnormal") or 0)  # the last ones of the validation phantoms
+        if not 0 <= val_abnormal <= int(data.num_val):
+            raise ValueError(f"config.data.val_abnormal must be in [0, num_val={data.num_val}], got {val_abnormal}")
+        val_cases = data_lib.phantom_cohort({"full": data.num_val}, first_seed=val_first, shape=shape,
+                                            abnormal={"full": val_abnormal}).cases
     elif name == "mni152":
         kwargs = dict(voxel_size=data.get("voxel_size", 2))
         if data.get("shape"):

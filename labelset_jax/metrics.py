@@ -22,7 +22,9 @@ Conventions:
   leaf. Predicting an annotated leaf there is a false positive; which non-annotated leaf is
   predicted there (or anywhere) does not affect the scores.
 * **Statistics** over cases: percentile bootstrap confidence intervals and the paired Wilcoxon
-  signed-rank test; both drop NaN values (cases where a metric is undefined).
+  signed-rank test; both drop NaN values (cases where a metric is undefined). Over training runs
+  (the unit that varies when a study is rerun): the paired t-interval and t-test of
+  :func:`paired_runs`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ __all__ = [
     "dice_score", "hausdorff95", "volumes_ml", "volume_error", "VolumeError",
     "reliability_curve", "ReliabilityCurve", "expected_calibration_error", "evaluate_case",
     "bootstrap_ci", "ConfidenceInterval", "paired_wilcoxon", "WilcoxonResult", "nested_bootstrap_ci",
-    "holm_adjust",
+    "holm_adjust", "paired_runs", "RunComparison",
 ]
 
 
@@ -612,3 +614,62 @@ def holm_adjust(pvalues: Sequence[float]) -> np.ndarray:
     adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     out[order] = adjusted
     return out
+
+
+class RunComparison(NamedTuple):
+    """Two methods compared over paired training runs (:func:`paired_runs`)."""
+
+    diff: float  #: mean over the runs of ``a − b``
+    low: float  #: lower bound of the t confidence interval of ``diff``
+    high: float  #: upper bound
+    pvalue: float  #: two-sided paired t-test of ``diff = 0``
+    wins: int  #: runs with ``a > b``
+    n: int  #: complete pairs
+
+
+def paired_runs(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95) -> RunComparison:
+    r"""Paired comparison of two methods over training runs, the unit of inference of a study.
+
+    ``a_i`` and ``b_i`` are one summary per run (e.g. the case-mean Dice on the test set) of two
+    methods trained with the same run seed ``i`` (same initialisation and sampling). With the
+    differences :math:`d_i = a_i - b_i`, :math:`\bar d` their mean and :math:`s` their standard
+    deviation over the :math:`n` runs, the interval is :math:`\bar d \pm t_{n-1,1-\alpha/2}\, s/\sqrt n`
+    and the p-value that of the paired t-test (``scipy.stats.ttest_rel``). Pairs with a NaN are
+    dropped first. Variation between runs enters the interval; the test cases are fixed (their
+    mean is the run's summary).
+
+    Args:
+      a: ``[n]`` per-run values of one method.
+      b: ``[n]`` per-run values of the other, in the same run (seed) order.
+      confidence: the coverage of the interval, in ``(0, 1)``.
+
+    Returns:
+      :class:`RunComparison`; the interval and p are NaN with fewer than 2 pairs, and with every
+      difference equal the interval has zero width and ``p`` is 1 when it is zero, else 0.
+
+    Raises:
+      ValueError: ``a`` and ``b`` are not paired sequences, or ``confidence`` is outside ``(0, 1)``.
+
+    >>> r = paired_runs([0.90, 0.80, 0.85, 0.88, 0.86], [0.70, 0.65, 0.72, 0.60, 0.71])
+    >>> round(r.diff, 3), r.wins, r.n, r.pvalue < 0.01, bool(r.low < r.diff < r.high)
+    (0.182, 5, 5, True, True)
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"a and b must be paired: one-dimensional with one length, got shapes {a.shape} and {b.shape}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    d = (a - b)[~(np.isnan(a) | np.isnan(b))]
+    n = int(d.size)
+    wins = int(np.sum(d > 0))
+    if n == 0:
+        return RunComparison(float("nan"), float("nan"), float("nan"), float("nan"), 0, 0)
+    mean = float(np.mean(d))
+    if n < 2:
+        return RunComparison(mean, float("nan"), float("nan"), float("nan"), wins, n)
+    sd = float(np.std(d, ddof=1))
+    if sd == 0.0:
+        return RunComparison(mean, mean, mean, 1.0 if mean == 0.0 else 0.0, wins, n)
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * sd / np.sqrt(n)
+    pvalue = float(stats.ttest_rel(a[~(np.isnan(a) | np.isnan(b))], b[~(np.isnan(a) | np.isnan(b))]).pvalue)
+    return RunComparison(mean, mean - half, mean + half, pvalue, wins, n)

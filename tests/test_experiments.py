@@ -113,28 +113,48 @@ def test_predict_bad_input_exits_2_with_one_line(workdir, tmp_path, content, mes
 
 
 def test_partial_supervision_study_runs_scores_and_resumes(tmp_path):
-    args = ["--scale=smoke", "--seeds=1", "--methods=leaf_dice,full_only", f"--runs={tmp_path / 'runs'}",
+    args = ["--scale=smoke", "--run_seeds=5,3", "--methods=leaf_dice,full_only", f"--runs={tmp_path / 'runs'}",
             f"--results={tmp_path / 'results'}"]
     out = run("experiments.partial_supervision_study", *args)
     assert out.returncode == 0, out.stderr[-2000:]
     table = (tmp_path / "results" / "partial_supervision.md").read_text()
     assert "Command: `python -m experiments.partial_supervision_study --scale=smoke" in table
+    assert "run seeds 5, 3." in table
     assert "| leaf_dice |" in table and "| full_only |" in table and "p (Holm)" in table
+    assert "over training runs (primary)" in table and "conditional on the trained models" in table
     assert "partial tissues, abnormal" in table and "never-annotated, normal" in table
+    assert "## Convergence" in table and "converged runs" in table
     rows = list(csv.DictReader(open(tmp_path / "results" / "per_case.csv")))
-    assert len(rows) == 2 * 2 * 8  # methods x test cases (1 normal, 1 abnormal) x tissues
+    assert len(rows) == 2 * 2 * 2 * 8  # methods x seeds x test cases (1 normal, 1 abnormal) x tissues
     assert {(r["method"], r["seed"], r["group"]) for r in rows} == {
-        (m, "0", g) for m in ("leaf_dice", "full_only") for g in ("normal", "abnormal")}
+        (m, s, g) for m in ("leaf_dice", "full_only") for s in ("5", "3") for g in ("normal", "abnormal")}
     assert {r["tissue"] for r in rows if r["annotated_by_partial_data"] == "True"} == {
         "wm", "ventricles", "cerebellum", "ecsf"}  # smoke cohort: protocols 9 and 10 only
-    assert (tmp_path / "results" / "partial_supervision.png").stat().st_size > 0
-    assert (tmp_path / "runs" / "leaf_dice" / "seed_0" / "test_scores.json").exists()
-    again = run("experiments.partial_supervision_study", *args)  # finished runs are reused
-    assert again.returncode == 0 and again.stderr.count("reusing") == 2, again.stderr[-2000:]
+    per_run = list(csv.DictReader(open(tmp_path / "results" / "per_run.csv")))
+    assert {(r["method"], r["seed"]) for r in per_run} == {(m, s) for m in ("leaf_dice", "full_only") for s in "53"}
+    for r in per_run:  # the smoke scale validates every step: the gains are defined
+        assert np.isfinite(float(r["gain_all"])) and 0 <= float(r["val_100pc"]) <= 1
+        assert 0 <= float(r["partial tissues, abnormal"]) <= 1 and float(r["train_seconds"]) > 0
+    # The run-level endpoint is the mean over the test cases of that run.
+    case_means = [np.nanmean([float(x["dice"]) for x in rows if x["method"] == "leaf_dice" and x["seed"] == "3"
+                              and x["group"] == "abnormal" and x["annotated_by_partial_data"] == "True"])]
+    leaf3 = next(r for r in per_run if r["method"] == "leaf_dice" and r["seed"] == "3")
+    np.testing.assert_allclose(float(leaf3["partial tissues, abnormal"]), case_means[0], rtol=1e-6)
+    for name in ("partial_supervision.png", "convergence.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 0
+    record = json.loads((tmp_path / "results" / "runs" / "leaf_dice_seed5.json").read_text())
+    assert record["curve"][-1]["step"] == 2 and "val/dice_wm" in record["curve"][-1]
+    # Finished runs are reused from their records, even without the training folders (a fresh clone).
+    shutil.rmtree(tmp_path / "runs")
+    again = run("experiments.partial_supervision_study", *args)
+    assert again.returncode == 0 and again.stderr.count("reusing") == 4, again.stderr[-2000:]
     assert list(csv.DictReader(open(tmp_path / "results" / "per_case.csv"))) == rows
+    assert not (tmp_path / "runs").exists()
     other = run("experiments.partial_supervision_study", *args[:-1], "--steps=3", f"--results={tmp_path / 'other'}")
-    assert other.returncode == 2 and "holds a run of another configuration" in other.stderr
-    assert not (tmp_path / "other").exists()
+    assert other.returncode == 0, other.stderr[-2000:]  # a new results folder: trains anew
+    clash = run("experiments.partial_supervision_study", *args[:-1], "--steps=4", f"--results={tmp_path / 'results'}")
+    assert clash.returncode == 2 and "records a run of another configuration" in clash.stderr
+    assert list(csv.DictReader(open(tmp_path / "results" / "per_case.csv"))) == rows
 
 
 def test_volume_bias_study_runs_its_parts_and_resumes(tmp_path):
@@ -162,6 +182,9 @@ def test_volume_bias_study_runs_its_parts_and_resumes(tmp_path):
     ("experiments.partial_supervision_study", ["--methods=leaf_dice,bogus"], "unknown method"),
     ("experiments.partial_supervision_study", ["--num_test=0"], "--num_test must be >= 1"),
     ("experiments.partial_supervision_study", ["--full_fraction=1.5"], "--full_fraction must be a number in [0, 1]"),
+    ("experiments.partial_supervision_study", ["--seeds=2", "--run_seeds=1,2"], "not both"),
+    ("experiments.partial_supervision_study", ["--run_seeds=1,x"], "--run_seeds must be non-negative integers"),
+    ("experiments.partial_supervision_study", ["--run_seeds=1,1"], "repeated seed"),
     ("experiments.volume_bias_study", ["--arms=bogus"], "unknown arm"),
     ("experiments.volume_bias_study", ["--tasks=lr_boundary,bogus"], "unknown task"),
     ("experiments.volume_bias_study", ["--ps=1.5"], "--ps must lie in [0, 1]"),
