@@ -11,8 +11,9 @@ Several comma-separated workdirs form an ensemble (probabilities averaged). With
 cases (manifest ``protocol``) are scored only on the leaves their protocol annotates. The sliding
 windows follow the first workdir's ``config.eval``; ``--tta``/``--notta`` override its ``tta``.
 
-Writes ``per_case.csv``, ``summary.csv`` (mean, 95% bootstrap CI, n per metric) and
-``summary.md`` into ``--output`` (default ``<first workdir>/eval``, ``eval_test`` for the test split),
+Writes ``per_case.csv``, ``summary.csv`` (mean, 95% bootstrap CI, n per metric),
+``summary_by_source.csv`` for a merged dataset (``experiments/merge_datasets.py``: the same per
+source) and ``summary.md`` into ``--output`` (default ``<first workdir>/eval``, ``eval_test`` for the test split),
 each atomically.
 """
 
@@ -76,10 +77,25 @@ def main(argv):
     summary = summarize(rows)
     files.write_csv(output / "per_case.csv", rows)
     files.write_csv(output / "summary.csv", summary)
-    md = ["| metric | mean | 95% CI | n |", "|---|---|---|---|"]
-    md += [f"| {s['metric']} | {s['mean']:.3f} | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {s['n']} |" for s in summary]
+    md = _table(summary)
+    written = [output / "per_case.csv", output / "summary.csv"]
+    sources = list(dict.fromkeys(r["source"] for r in rows if "source" in r))
+    if sources:  # a merged dataset: the same tables per source
+        by_source = []
+        for source in sources:
+            part = summarize([r for r in rows if r.get("source") == source])
+            by_source += [{"source": source, **s} for s in part]
+            md += ["", f"Source {source} ({sum(r.get('source') == source for r in rows)} cases):", ""] + _table(part)
+        files.write_csv(output / "summary_by_source.csv", by_source)
+        written.append(output / "summary_by_source.csv")
     files.write_text(output / "summary.md", "\n".join(md) + "\n")
-    print(f"wrote {output / 'per_case.csv'}, {output / 'summary.csv'}, {output / 'summary.md'}")
+    print(f"wrote {', '.join(map(str, written + [output / 'summary.md']))}")
+
+
+def _table(summary: list[dict]) -> list[str]:
+    md = ["| metric | mean | 95% CI | n |", "|---|---|---|---|"]
+    return md + [f"| {s['metric']} | {s['mean']:.3f} | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {s['n']} |"
+                 for s in summary]
 
 
 if __name__ == "__main__":

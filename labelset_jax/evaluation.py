@@ -161,9 +161,10 @@ def score_case(case: Case, prediction: Prediction, label_space: LabelSpace, *,
       include_background: also score leaf 0 (Dice and HD95).
 
     Returns:
-      ``{"id", "protocol", "dice_<leaf>", "hd95_<leaf>" (with ``hd95``), ...,
+      ``{"id", "protocol", ["source",] "dice_<leaf>", "hd95_<leaf>" (with ``hd95``), ...,
       "dvol_soft_<leaf>", "dvol_hard_<leaf>", ...}``: per tissue the Dice, the HD95 (mm) and the
-      signed soft (sum of probabilities) and hard (``p > 0.5``) volume errors (ml).
+      signed soft (sum of probabilities) and hard (``p > 0.5``) volume errors (ml). ``source`` is
+      there for a case of a merged dataset (``case.metadata["source"]``).
     """
     space = label_space
     annotated = _annotated(case, space, protocols)
@@ -174,6 +175,8 @@ def score_case(case: Case, prediction: Prediction, label_space: LabelSpace, *,
         labels = np.where(keep, labels, 0)
         prediction = Prediction(prediction.probs * keep[..., None], np.where(keep, prediction.labels, 0))
     row: dict[str, Any] = {"id": case.id, "protocol": case.protocol}
+    if "source" in case.metadata:  # a merged dataset's case: per-source tables
+        row["source"] = case.metadata["source"]
     row.update(evaluate_case(prediction.labels, labels, num_classes=space.num_classes, spacing=case.spacing,
                              annotated=annotated, names=space.names, hd95=hd95,
                              include_background=include_background))
@@ -214,7 +217,7 @@ def evaluate_cases(models: TrainedModel | Sequence[TrainedModel], cases: Sequenc
     return rows
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], *, exclude: Sequence[str] = ("id", "protocol"),
+def summarize(rows: Sequence[Mapping[str, Any]], *, exclude: Sequence[str] = ("id", "protocol", "source"),
               num_resamples: int = 10_000) -> list[dict[str, Any]]:
     """Mean and 95% bootstrap CI over the cases of every metric of the rows (NaNs left out).
 

@@ -152,7 +152,8 @@ def test_partial_supervision_study_runs_scores_and_resumes(tmp_path):
     assert not (tmp_path / "runs").exists()
     other = run("experiments.partial_supervision_study", *args[:-1], "--steps=3", f"--results={tmp_path / 'other'}")
     assert other.returncode == 0, other.stderr[-2000:]  # a new results folder: trains anew
-    clash = run("experiments.partial_supervision_study", *args[:-1], "--steps=4", f"--results={tmp_path / 'results'}")
+    clash = run("experiments.partial_supervision_study", *args[:-2], "--steps=4", f"--runs={tmp_path / 'runs4'}",
+                f"--results={tmp_path / 'results'}")
     assert clash.returncode == 2 and "records a run of another configuration" in clash.stderr
     assert list(csv.DictReader(open(tmp_path / "results" / "per_case.csv"))) == rows
 

@@ -216,6 +216,8 @@ class DatasetCase:
       annotated: the leaves the case is scored on (see the module docstring).
       has_ignore: the label map holds the ignore label.
       is_full: labelled, with neither a label set (sets of every leaf aside) nor the ignore label.
+      source: the source dataset of a merged dataset's case (``dataset.json``'s ``case_sources``,
+        written by :func:`labelset_jax.data.merge.merge_datasets`), else ``""``.
     """
 
     id: str
@@ -227,6 +229,7 @@ class DatasetCase:
     annotated: tuple[int, ...] = ()
     has_ignore: bool = False
     is_full: bool = False
+    source: str = ""
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -275,7 +278,9 @@ class NnunetDataset:
 
         With a split file, fold ``fold`` of it. Otherwise ``num_val`` fully annotated cases drawn
         with ``numpy.random.default_rng(seed)`` are the validation cases and every other case
-        trains (default ``num_val``: a fifth of the fully annotated cases, at least one).
+        trains (default ``num_val``: a fifth of the fully annotated cases, at least one). A dataset
+        with no fully annotated case (a merged one, say) validates on partially annotated cases
+        drawn in turn from each source (``case_sources``); each is scored on the leaves it annotates.
 
         Raises:
           DatasetError: a fold out of range, no fully annotated case to validate on, or a
@@ -289,10 +294,13 @@ class NnunetDataset:
             entry = self.splits[int(fold)]
             return [by_id[i] for i in entry["train"]], [by_id[i] for i in entry["val"]]
         full = [c for c in self.training if c.is_full]
+        # A merged dataset may have no fully annotated case: then every case may validate (each is
+        # scored on the leaves it annotates), drawn in turn from each source.
+        pool = full or list(self.training)
         if num_val is None or int(num_val) < 0:
-            num_val = max(1, round(len(full) / 5))
+            num_val = max(1, round(len(pool) / 5))
         num_val = int(num_val)
-        if num_val > len(full):
+        if num_val > len(pool):
             raise DatasetError(
                 f"{self.root}: {num_val} validation case(s) requested but only {len(full)} case(s) are fully "
                 f"annotated (no label set, no ignore label); lower num_val or add a {SPLITS_FILES[-1]}"
@@ -300,8 +308,13 @@ class NnunetDataset:
         if num_val >= len(self.training):
             raise DatasetError(
                 f"{self.root}: num_val={num_val} leaves no training case ({len(self.training)} in total)")
-        chosen = set(np.random.default_rng(seed).choice(len(full), size=num_val, replace=False).tolist())
-        val_ids = {full[i].id for i in chosen}
+        rng = np.random.default_rng(seed)
+        if full:
+            val_ids = {full[i].id for i in rng.choice(len(full), size=num_val, replace=False).tolist()}
+        else:  # shuffled, then round robin over the sources
+            order = [pool[i] for i in rng.permutation(len(pool))]
+            rank = {c.id: [o.source for o in order[:k]].count(c.source) for k, c in enumerate(order)}
+            val_ids = {c.id for c in sorted(order, key=lambda c: rank[c.id])[:num_val]}
         return ([c for c in self.training if c.id not in val_ids], [c for c in self.training if c.id in val_ids])
 
     def load(self, case: DatasetCase | str
@@ -364,9 +377,11 @@ class NnunetDataset:
         if case.label_path is None:
             raise DatasetError(f"{case.image_paths[0]}: case {case.id!r} has no label file")
         image, labels, affine, spacing = self.load(case)
+        metadata = {"annotated": case.annotated}
+        if case.source:
+            metadata["source"] = case.source
         return Case(case.id, image[..., 0] if self.num_channels == 1 else image, labels, spacing,
-                    self.protocol_name(case), affine,
-                    metadata={"annotated": case.annotated})
+                    self.protocol_name(case), affine, metadata=metadata)
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -629,17 +644,21 @@ def read_dataset(root: str | os.PathLike, *, check_labels: bool = True, atol: fl
     for case_id in sorted(set(test_labels) - set(test_images)):
         raise DatasetError(f"{test_labels[case_id]}: a test label file without its image in imagesTs")
     splits, splits_path = _read_splits(root, sorted(labels))
+    sources = spec.get("case_sources", {})
+    if not isinstance(sources, Mapping) or not all(isinstance(v, str) for v in sources.values()):
+        raise DatasetError(f"{json_path}: case_sources must map case ids to source names, got {sources!r}")
 
     def make(case_id, channel_files, label_path, shape, affine):
         paths = tuple(channel_files[k] for k in range(num_channels))
+        source = sources.get(case_id, "")
         if label_path is None:
-            return DatasetCase(case_id, paths, None, shape, affine)
+            return DatasetCase(case_id, paths, None, shape, affine, source=source)
         if not check_labels:
             everything = tuple(range(space.num_classes))
-            return DatasetCase(case_id, paths, label_path, shape, affine, (), everything, False, True)
+            return DatasetCase(case_id, paths, label_path, shape, affine, (), everything, False, True, source)
         values = _label_values(label_path, space)
         annotated, has_ignore, full = _annotation(values, space)
-        return DatasetCase(case_id, paths, label_path, shape, affine, values, annotated, has_ignore, full)
+        return DatasetCase(case_id, paths, label_path, shape, affine, values, annotated, has_ignore, full, source)
 
     training = tuple(make(i, images[i], labels[i], *checked[i]) for i in sorted(labels))
     test = tuple(make(i, test_images[i], test_labels.get(i), *test_checked[i]) for i in sorted(test_images))
