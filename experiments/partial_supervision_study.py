@@ -17,8 +17,8 @@ normal and abnormal) are a function of the data seed alone, so a run seed pairs 
 initialisation and sampling). Each (method, seed) run is trained (or resumed) in
 ``--runs/<method>/seed_<k>``; it logs the validation Dice every ``eval_every`` steps (the
 convergence check), and its test scores, validation curve and training time are kept in
-``--results/runs/<method>_seed<k>.json``: a rerun, in this session or from a fresh clone that holds
-the results, skips finished runs.
+``--results/runs/<method>_seed<k>.json`` (:mod:`labelset_jax.study`): a rerun, in this session or
+from a fresh clone that holds the results, skips finished runs.
 
 Endpoints: the mean Dice over the tissues the partial data annotate (WM, ventricles, cerebellum,
 eCSF, corpus callosum) on abnormal brains (primary), the same on normal brains, and the mean Dice
@@ -42,22 +42,19 @@ the last quarter of the steps. Written atomically into ``--results``:
 from __future__ import annotations
 
 import datetime
-import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags, logging
 
 from configs import partial_supervision
-from labelset_jax import cli, files, train
+from labelset_jax import cli, files, study
 from labelset_jax.data import phantom_cohort
 from labelset_jax.evaluation import EvalSettings, evaluate_cases
 from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS
 from labelset_jax.metrics import holm_adjust, nested_bootstrap_ci, paired_runs, paired_wilcoxon
-from labelset_jax.writers import read_jsonl
 
 _RUNS = flags.DEFINE_string("runs", "runs/partial_supervision", "Folder of the training runs.")
 _RESULTS = flags.DEFINE_string("results", "docs/results/partial_supervision",
@@ -138,54 +135,17 @@ def record_path(method: str, seed: int) -> Path:
     return Path(_RESULTS.value) / RECORDS / f"{method}_seed{seed}.json"
 
 
-def finished(method: str, seed: int, cases) -> dict | None:
-    """The record of a finished run of this configuration and test set, if there is one."""
-    path = record_path(method, seed)
-    if not path.exists():
-        return None
-    saved = json.loads(path.read_text())
-    same = saved["config"] == json.loads(run_config(method, seed).to_json_best_effort())
-    return saved if same and saved["cases"] == [c.id for c in cases] else None
-
-
-def check_workdir(method: str, seed: int, workdir: Path, cases) -> None:
-    """Fails (before any work) when ``workdir`` or the run's record holds another configuration."""
-    previous = workdir / "config.json"
-    expected = json.loads(run_config(method, seed).to_json_best_effort())
-    if previous.exists() and json.loads(previous.read_text()) != expected:
-        cli.fail(f"{workdir} holds a run of another configuration; use a new --runs folder")
-    if record_path(method, seed).exists() and finished(method, seed, cases) is None:
-        cli.fail(f"{record_path(method, seed)} records a run of another configuration or test set; "
-                 f"use a new --results folder")
-
-
-def validation_curve(workdir: Path) -> list[dict]:
-    """``[{"step": s, "val/dice_<leaf>": ...}, ...]`` from the run's ``metrics.jsonl`` (last record per step)."""
-    path = workdir / "metrics.jsonl"
-    by_step = {}
-    for record in read_jsonl(path) if path.exists() else []:
-        if "val/dice_mean" in record:
-            by_step[int(record["step"])] = {k: v for k, v in record.items() if k == "step" or k.startswith("val/")}
-    return [by_step[s] for s in sorted(by_step)]
-
-
 def run(method: str, seed: int, cases, workdir: Path) -> dict:
     """Trains (or resumes) one run, scores it on the test cases and records it; reuses finished runs."""
-    saved = finished(method, seed, cases)
+    config = run_config(method, seed)
+    ids = [c.id for c in cases]
+    saved = study.load_record(record_path(method, seed), config, ids)
     if saved is not None:
         logging.info("%s seed %d: finished, reusing %s", method, seed, record_path(method, seed))
         return saved
-    config = run_config(method, seed)
     logging.info("%s seed %d: training in %s", method, seed, workdir)
-    start = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
-    seconds = time.perf_counter() - start
-    model = train.load_trained(workdir, best=False)
-    record = {"config": json.loads(config.to_json_best_effort()), "cases": [c.id for c in cases],
-              "rows": evaluate_cases(model, cases, EvalSettings.from_config(config)),
-              "curve": validation_curve(workdir), "seconds": round(seconds, 1)}
-    files.write_json(record_path(method, seed), record)
-    return record
+    return study.train_and_record(config, workdir, record_path(method, seed), ids,
+                                  lambda model: evaluate_cases(model, cases, EvalSettings.from_config(config)))
 
 
 def long_rows(method: str, seed: int, rows: list[dict], groups: dict[str, str], partial: list[str]) -> list[dict]:
@@ -199,26 +159,6 @@ def long_rows(method: str, seed: int, rows: list[dict], groups: dict[str, str], 
                 "hd95_mm": row[f"hd95_{tissue}"], "dvol_soft_ml": row[f"dvol_soft_{tissue}"],
             })
     return out
-
-
-def smoothed_at(curve: list[dict], tissues: list[str], num_steps: int, fraction: float) -> float:
-    """The validation Dice (mean over ``tissues``, running mean of 3 evaluations) at the last
-    evaluation at or before ``fraction × num_steps``; NaN when the run has no validation there or
-    did not validate at its last step."""
-    if not curve or curve[-1]["step"] != num_steps:
-        return float("nan")
-    steps = np.array([r["step"] for r in curve])
-    values = np.array([np.nanmean([r[f"val/dice_{t}"] for t in tissues]) for r in curve])
-    before = np.nonzero(steps <= fraction * num_steps + 1e-9)[0]
-    if before.size == 0:
-        return float("nan")
-    i = before[-1]
-    return float(values[max(0, i - 2):i + 1].mean())
-
-
-def plateau_gain(curve: list[dict], tissues: list[str], num_steps: int) -> float:
-    """Gain of the smoothed validation Dice (:func:`smoothed_at`) over the last quarter of the steps."""
-    return smoothed_at(curve, tissues, num_steps, 1.0) - smoothed_at(curve, tissues, num_steps, 0.75)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -268,10 +208,10 @@ def analyse(rows: list[dict], methods: list[str], reference: str, partial: list[
     comparisons, case_comparisons = {}, {}
     if reference in methods and baselines:
         for name in endpoints:
-            entries = [{"baseline": b, "test": paired_runs(per_run[reference][name], per_run[b][name])}
-                       for b in baselines]
-            for e, p in zip(entries, holm_adjust([e["test"].pvalue for e in entries])):
-                e["p_holm"] = p
+            entries = [{"baseline": b, "test": t, "p_holm": p}
+                       for b, t, p in study.compare_runs({m: v[name] for m, v in per_run.items()}, reference,
+                                                         baselines)]
+            for e in entries:
                 if name.startswith("never"):
                     e["non_inferior"] = bool(e["test"].low > -ni_margin)
             comparisons[name] = entries
@@ -314,9 +254,9 @@ def convergence(records: dict[tuple[str, int], dict], partial: list[str], never:
     for (method, seed), record in records.items():
         steps = int(record["config"]["num_steps"])
         out.append({"method": method, "seed": seed,
-                    **{f"val_{int(100 * f)}pc": smoothed_at(record["curve"], TISSUES, steps, f)
+                    **{f"val_{int(100 * f)}pc": study.smoothed_at(record["curve"], TISSUES, steps, f)
                        for f in (0.5, 0.75, 1.0)},
-                    **{f"gain_{name}": plateau_gain(record["curve"], tissues, steps)
+                    **{f"gain_{name}": study.plateau_gain(record["curve"], tissues, steps)
                        for name, tissues in (("all", TISSUES), ("partial", partial), ("never", never))},
                     "train_seconds": record.get("seconds", float("nan"))})
     return out
@@ -521,7 +461,10 @@ def main(argv):
     cases = test_cases(config)
     for method in methods:
         for seed in seeds:
-            check_workdir(method, seed, Path(_RUNS.value) / method / f"seed_{seed}", cases)
+            problem = study.check_record(record_path(method, seed), run_config(method, seed), [c.id for c in cases],
+                                         Path(_RUNS.value) / method / f"seed_{seed}")
+            if problem:
+                cli.fail(problem)
     groups = {c.id: "abnormal" if c.metadata["abnormal"] else "normal" for c in cases}
     rows, records = [], {}
     for method in methods:
