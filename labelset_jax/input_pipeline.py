@@ -13,7 +13,8 @@ Data sources (``config.data.name``), each giving :class:`~labelset_jax.data.Case
 * ``"nnunet"``: an nnU-Net raw dataset folder ``config.data.path``, with label sets
   (:mod:`labelset_jax.data.nnunet`); the label space comes from its ``dataset.json``, the
   validation cases from its split file (fold ``config.data.fold``) or ``config.data.num_val``
-  fully annotated cases drawn with ``config.data.split_seed``.
+  fully annotated cases drawn with ``config.data.split_seed``; ``config.data.sources`` (a merged
+  dataset's source names) keeps only those sources' training cases.
 
 The label space of phantoms, FeTA folders and manifests is the fetal-brain space of
 docs/theory.md §4 (FeTA labels are mapped onto it; manifest rows name its protocols).
@@ -75,6 +76,13 @@ def _nnunet_cases(data: ml_collections.ConfigDict) -> tuple[list[Case], list[Cas
     dataset = nnunet.read_dataset(_nnunet_path(data))
     train, val = dataset.split(fold=int(data.get("fold", 0)), num_val=int(data.get("num_val", -1)),
                                seed=int(data.get("split_seed", 0)))
+    sources = list(data.get("sources") or [])  # train on these sources of a merged dataset only
+    if sources:
+        known = sorted({c.source for c in dataset.training} - {""})
+        unknown = [s for s in sources if s not in known]
+        if unknown:
+            raise ValueError(f"config.data.sources: {dataset.root} has no source {unknown[0]!r} (sources: {known})")
+        train = [c for c in train if c.source in sources]
     return [dataset.load_case(c) for c in train], [dataset.load_case(c) for c in val]
 
 

@@ -219,3 +219,32 @@ def test_merged_dataset_trains_and_evaluates_per_source(two_datasets, tmp_path):
     by_source = list(csv.DictReader(open(tmp_path / "eval" / "summary_by_source.csv")))
     assert {r["source"] for r in by_source} == {"atlas", "lesions"}
     assert "Source lesions (1 cases)" in (tmp_path / "eval" / "summary.md").read_text()
+
+
+def test_merge_study_smoke_runs_scores_and_resumes(tmp_path):
+    args = ["--scale=smoke", "--methods=leaf_dice,a_only", "--run_seeds=4,2", f"--workdir={tmp_path / 'w'}",
+            f"--results={tmp_path / 'r'}"]
+    out = subprocess.run([sys.executable, "-m", "experiments.merge_study", *args], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = (tmp_path / "r" / "merge_study.md").read_text()
+    assert "Command: `python -m experiments.merge_study --scale=smoke" in table and "run seeds 4, 2" in table
+    assert "| lesion Dice | a_only |" in table and "## Convergence" in table
+    per_run = list(csv.DictReader(open(tmp_path / "r" / "per_run.csv")))
+    assert {(r["method"], r["seed"]) for r in per_run} == {(m, s) for m in ("leaf_dice", "a_only") for s in "42"}
+    for r in per_run:
+        assert 0 <= float(r["lesion Dice"]) <= 1 and 0 <= float(r["tissue Dice"]) <= 1
+    rows = list(csv.DictReader(open(tmp_path / "r" / "per_case.csv")))
+    assert len(rows) == 2 * 2 * 2 and {r["source"] for r in rows} == {"lesions"}  # methods x seeds x test brains
+    for name in ("merge_study.png", "test_brain.png"):
+        assert (tmp_path / "r" / name).stat().st_size > 0
+    # the datasets went through the merge command's rules
+    merged = read_dataset(tmp_path / "w" / "data" / "Dataset003_merged")
+    assert merged.space.names == ("background", "csf", "gm", "wm", "lesion")
+    assert {merged.space.name_of(i) for i in merged.space.set_ids} == {"background_in_atlases", "brain_tissue"}
+    again = subprocess.run([sys.executable, "-m", "experiments.merge_study", *args], cwd=ROOT, capture_output=True,
+                           text=True)
+    assert again.returncode == 0 and again.stderr.count("reusing") == 4, again.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-m", "experiments.merge_study", *args[:-1], "--methods=bogus",
+                          f"--results={tmp_path / 'r2'}"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown method" in bad.stderr and not (tmp_path / "r2").exists()

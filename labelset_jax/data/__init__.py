@@ -42,8 +42,10 @@ from labelset_jax.data.mni import (
     MNI_TISSUE,
     MNITissueMaps,
     expected_volumes_ml,
+    MNI_LESION,
     mni152_tissue_maps,
     mni_cohort,
+    mni_lesion_case,
     mni_tissue_case,
     sample_labels,
 )
@@ -86,6 +88,7 @@ __all__ = [
     "make_phantom", "phantom_affine", "phantom_spacing", "PHANTOM_FOV_MM", "MIN_PHANTOM_SIZE",
     # mni
     "MNI_TISSUE", "MNITissueMaps", "mni152_tissue_maps", "mni_tissue_case", "mni_cohort",
+    "MNI_LESION", "mni_lesion_case",
     "expected_volumes_ml", "sample_labels",
     # synthetic
     "SYNTHETIC_SPACE", "expected_volume_ml", "boundary_noise_case", "ambiguous_blob_case", "independent_blobs_case",

@@ -52,6 +52,8 @@ __all__ = [
     "mni_cohort",
     "expected_volumes_ml",
     "sample_labels",
+    "MNI_LESION",
+    "mni_lesion_case",
 ]
 
 #: The label space of the MNI tissue task.
@@ -280,3 +282,82 @@ def mni_cohort(
         mni_tissue_case(first_seed + i, voxel_size=voxel_size, augment=augment, **kwargs)
         for i in range(int(num_cases))
     ]
+
+
+#: The label space of the MNI lesion task: the tissues and a lesion.
+MNI_LESION = LabelSpace.leaves(["background", "csf", "gm", "wm", "lesion"])
+
+
+def mni_lesion_case(
+    seed: int,
+    *,
+    voxel_size: int = 4,
+    lesion: bool = True,
+    radius_mm: tuple[float, float] = (6.0, 14.0),
+    mass_effect_prob: float = 0.5,
+    **kwargs,
+) -> Case:
+    """An MNI brain with crisp tissue labels and, optionally, a tumour-like lesion.
+
+    The brain is :func:`mni_tissue_case` (random deformation and intensity changes); its labels are
+    the most probable tissue of each voxel (no label noise). A lesion is a blob of radius drawn
+    from ``radius_mm`` whose surface is roughened by smooth noise, centred on a random grey- or
+    white-matter voxel; with probability ``mass_effect_prob`` it first pushes the surrounding
+    tissue outward (a radial displacement that decays over one radius). Its intensity is its own:
+    brighter or darker than white matter by a random factor, with a smooth texture and a
+    partial-volume edge.
+
+    Args:
+      seed: seed of the brain and of the lesion.
+      voxel_size: grid spacing in mm.
+      lesion: add a lesion (else a healthy brain).
+      radius_mm: range of the lesion radius.
+      mass_effect_prob: probability of the mass effect.
+      **kwargs: more arguments of :func:`mni_tissue_case`.
+
+    Returns:
+      A :class:`~labelset_jax.data.case.Case` of :data:`MNI_LESION` with id ``lesion_<seed>`` (or
+      ``healthy_<seed>``); ``metadata`` holds ``lesion_ml`` (the lesion volume) and ``mass_effect``.
+
+    >>> case = mni_lesion_case(3, voxel_size=8)
+    >>> case.id, case.labels.shape, sorted(np.unique(case.labels).tolist()), case.metadata["lesion_ml"] > 0
+    ('lesion_00003', (25, 30, 24), [0, 1, 2, 3, 4], True)
+    """
+    base = mni_tissue_case(seed, voxel_size=voxel_size, **kwargs)
+    labels = np.argmax(base.metadata["probs"], axis=-1).astype(np.int32)
+    image = base.image.astype(np.float64)
+    meta = {"lesion_ml": 0.0, "mass_effect": False}
+    if not lesion:
+        return Case(f"healthy_{int(seed):05d}", image.astype(np.float32), labels, base.spacing, affine=base.affine,
+                    metadata=meta)
+    rng = np.random.default_rng([int(seed), 7])
+    vs = float(voxel_size)
+    radius = rng.uniform(*radius_mm) / vs  # voxels
+    candidates = np.argwhere(ndimage.binary_erosion(np.isin(labels, (2, 3)), iterations=max(1, int(radius // 2))))
+    if candidates.size == 0:
+        candidates = np.argwhere(np.isin(labels, (2, 3)))
+    centre = candidates[rng.integers(len(candidates))].astype(np.float64)
+    grid = np.indices(labels.shape, dtype=np.float64)
+    offset = grid - centre[:, None, None, None]
+    dist = np.sqrt((offset**2).sum(0))
+    if rng.random() < mass_effect_prob:  # tissue at distance ρ comes from ρ − push(ρ): pushed outward
+        push = rng.uniform(0.3, 0.8) * radius * np.exp(-np.maximum(dist - radius, 0.0) / radius)
+        scale = np.maximum(dist - push, 0.0) / np.maximum(dist, 1e-6)
+        source = centre[:, None, None, None] + offset * scale
+        image = ndimage.map_coordinates(image, source, order=1, mode="nearest")
+        labels = ndimage.map_coordinates(labels, source, order=0, mode="nearest").astype(np.int32)
+        meta["mass_effect"] = True
+    rough = ndimage.gaussian_filter(rng.normal(size=labels.shape), sigma=max(radius / 2, 1.0))
+    rough /= np.abs(rough).max() + 1e-9
+    level = dist / radius + 0.35 * rough  # < 1 inside the lesion
+    inside = (level < 1.0) & (labels > 0)
+    wm = image[labels == 3].mean() if np.any(labels == 3) else image[labels > 0].mean()
+    factor = rng.uniform(1.3, 1.7) if rng.random() < 0.5 else rng.uniform(0.35, 0.6)
+    texture = ndimage.gaussian_filter(rng.normal(size=labels.shape), sigma=1.0)
+    texture *= 0.15 / (texture.std() + 1e-9)
+    weight = np.clip((1.0 - level) / 0.3 + 0.5, 0.0, 1.0) * (labels > 0)  # a partial-volume edge
+    image = (1 - weight) * image + weight * wm * factor * (1.0 + texture)
+    labels = np.where(inside, 4, labels).astype(np.int32)
+    meta["lesion_ml"] = float(inside.sum() * vs**3 / 1000.0)
+    return Case(f"lesion_{int(seed):05d}", image.astype(np.float32), labels, base.spacing, affine=base.affine,
+                metadata=meta)
