@@ -21,7 +21,10 @@ Per case and foreground class: ``ΔV = V_pred − E[V]`` and ``V_pred − V_labe
 their means with 95% bootstrap CIs (10,000 resamples), next to the Dice-optimal oracle ``1[q ≥ t]``
 computed from the known ``q`` (for the blob, the closed form ``(1[p > 1/2] − p)·V_blob``). CE is
 judged by two one-sided tests of equivalence within ±5% of ``E[V]``, the Dice arms by a CI above 0
-and their ratio to the oracle. Each fit's rows are kept in ``--workdir`` (a rerun skips them).
+and their ratio to the oracle. The row ``ce_own_dice_threshold`` is the CE model's prediction
+thresholded at the Dice optimum of its own probabilities (Nordström et al. 2022,
+:func:`labelset_jax.volume_bias.threshold_at_own_optimum`): its Dice is to be read against the soft
+Dice arm's, while the CE row's soft volume is the unbiased volume of the same model. Each fit's rows are kept in ``--workdir`` (a rerun skips them).
 Written atomically into ``--output``: ``volume_bias.csv`` (per case), ``volume_bias.md`` (command,
 date, tables), ``volume_bias.png`` (ΔV against ``p`` with the closed-form curve) and
 ``reliability.png`` (a reliability diagram per arm).
@@ -58,6 +61,8 @@ GENERATORS = {
     "noise_free": synthetic.noise_free_case,
 }
 BLOB_CURVE_TASKS = ("lr_blob", "cnn_blob")
+#: The CE model thresholded at the Dice optimum of its own probabilities (Nordström et al.), a row of the tables.
+THRESHOLDED = "ce_own_dice_threshold"
 _CE_FITS: dict = {}  # (task, p) -> the CE logistic regression, the Dice arms' second start
 
 
@@ -134,10 +139,14 @@ def fit_and_score(name: str, task, arm: str, p: float | None, study) -> dict:
         info = {"steps": fit.steps, "loss": fit.loss, "grad_norm": fit.grad_norm, "loss_change": fit.loss_change}
         predictions = [vb.predict(fit.model, c).probs for c in test]
     rows = [r for probs, c in zip(predictions, test) for r in vb.volume_rows(probs, c, names=names)]
+    extra = {}
+    if arm == "ce":  # Nordström et al.: the same CE model, thresholded at its own Dice optimum
+        extra["thresholded"] = [r for probs, c in zip(predictions, test)
+                                for r in vb.volume_rows(vb.threshold_at_own_optimum(probs), c, names=names)]
     curve = reliability_curve(np.concatenate([pr.reshape(-1, pr.shape[-1]) for pr in predictions]),
                               np.concatenate([np.asarray(c.labels).ravel() for c in test]), num_bins=10)
     return {"rows": rows, "oracle": oracle_rows(task, test, p), "fit": info,
-            "reliability": {k: getattr(curve, k).tolist() for k in ("confidence", "accuracy", "count")}}
+            "reliability": {k: getattr(curve, k).tolist() for k in ("confidence", "accuracy", "count")}, **extra}
 
 
 def result_path(name: str, arm: str, p: float | None) -> Path:
@@ -151,7 +160,7 @@ def run_one(name: str, task, arm: str, p: float | None, study) -> dict:
                 "cnn": json.loads(study.cnn.to_json()), "test_seed_offset": study.test_seed_offset}
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("settings") == settings:
+        if saved.get("settings") == settings and (arm != "ce" or "thresholded" in saved):
             logging.info("%s %s p=%s: reusing %s", name, arm, p, path)
             return saved
     logging.info("%s %s p=%s: fitting", name, arm, p)
@@ -194,6 +203,8 @@ def _fmt(s: dict, key: str) -> str:
 
 
 def verdict(s: dict, study) -> str:
+    if s["arm"] == THRESHOLDED:
+        return f"Dice {s['dice']:.3f} (soft Dice arm: see dice rows); ΔV thr. {s['dv_hard_expected_ml']:+.3f}"
     if s["arm"] == "ce":
         return (f"TOST ±{100 * study.margin:g}% E[V]: {'equivalent' if s['equivalent'] else 'not shown'} "
                 f"(p = {s['tost_p']:.2g})")
@@ -342,6 +353,8 @@ def main(argv):
                 result = run_one(name, task, arm, p, study)
                 results[name, arm, p] = result
                 summaries += summarise(name, task, arm, p, result, study)
+                if "thresholded" in result:
+                    summaries += summarise(name, task, THRESHOLDED, p, {**result, "rows": result["thresholded"]}, study)
     out = Path(_OUTPUT.value)
     rows = [{"task": name, "model": tasks[name].model, "p": "" if p is None else p, "arm": arm, **r}
             for (name, arm, p), result in results.items() for r in result["rows"]]

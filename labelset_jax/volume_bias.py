@@ -10,6 +10,8 @@ module holds the pieces of that analysis, shared by ``notebooks/03_volume_bias.i
   foreground with probability ``p`` as a whole;
 * :func:`dice_optimal_oracle`: the Dice-optimal prediction ``1[q ≥ t]`` computed from a known
   ``q`` (the bias a perfectly trained soft-Dice model shows), and its ``ΔV``;
+  :func:`threshold_at_own_optimum`: the same computed from a model's own probabilities
+  (Nordström et al.: a CE model thresholded after training);
 * :data:`ARMS` and :func:`arm_loss`: the compared losses (CE, soft Dice per image and per batch,
   squared Dice, CE + soft Dice, the Dice semimetric loss on soft targets);
 * :func:`fit_logistic_regression`: a per-voxel logistic regression (Bertels' own baseline) fitted
@@ -59,7 +61,7 @@ __all__ = [
     "ARMS", "Arm", "arm_loss", "toy_volume_error", "Oracle", "dice_optimal_oracle",
     "intensity_features", "LogisticFit", "fit_logistic_regression", "predict_logistic",
     "class_probabilities", "NetworkFit", "fit_network", "whole_volume_settings", "predict", "volume_row",
-    "volume_rows", "EquivalenceTest",
+    "volume_rows", "EquivalenceTest", "threshold_at_own_optimum",
     "tost_equivalence",
 ]
 
@@ -242,6 +244,39 @@ def dice_optimal_oracle(q: np.ndarray, *, voxel_ml: float = 1.0, labels: np.ndar
     k = int(ks[best])
     threshold = float(sorted_q[k - 1]) if k > 0 else float("inf")
     return Oracle(threshold, float(dice[best]), k * voxel_ml, float(total) * voxel_ml, (k - float(total)) * voxel_ml)
+
+
+def threshold_at_own_optimum(probs: np.ndarray) -> np.ndarray:
+    r"""A model's probabilities thresholded where *they* put the expected Dice highest (Nordström et al.).
+
+    Per foreground class ``c``, the model's own ``p_c`` is taken as the label probability and
+    :func:`dice_optimal_oracle` picks the threshold ``t_c`` that maximises the expected Dice; the
+    result is ``1[p_c ≥ t_c]``. For a calibrated model (cross-entropy) this is the soft-Dice
+    optimum computed after training, so one CE model gives both an unbiased soft volume (its
+    ``Σ p``) and a Dice-optimal segmentation. The background channel is ``1`` where no class is kept.
+
+    Args:
+      probs: ``[..., C]`` class probabilities.
+
+    Returns:
+      float32 ``[..., C]`` binary predictions, one channel per class.
+
+    >>> p = np.array([[0.1, 0.9], [0.55, 0.45], [0.6, 0.4], [1.0, 0.0]])
+    >>> threshold_at_own_optimum(p)[:, 1].tolist()  # keeps the 0.45 and 0.4 voxels, not only p > 1/2
+    [1.0, 1.0, 1.0, 0.0]
+
+    References:
+      M. Nordström, H. Hult, F. Löfman, J. Söderberg, *On image segmentation with noisy labels:
+      characterization and volume properties of the optimal solutions to accuracy and Dice*,
+      NeurIPS 2022.
+    """
+    probs = np.asarray(probs, np.float64)
+    out = np.zeros(probs.shape, np.float32)
+    for c in range(1, probs.shape[-1]):
+        q = np.clip(probs[..., c], 0.0, 1.0)
+        out[..., c] = dice_optimal_oracle(q).prediction(q)
+    out[..., 0] = 1.0 - out[..., 1:].max(axis=-1) if probs.shape[-1] > 1 else 1.0
+    return out
 
 
 # --------------------------------------------------------------------------- logistic regression

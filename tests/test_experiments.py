@@ -172,6 +172,7 @@ def test_volume_bias_study_runs_its_parts_and_resumes(tmp_path):
     table = (tmp_path / "results" / "volume_bias.md").read_text()
     assert "Command: `python -m experiments.volume_bias_study --scale=smoke" in table
     assert "ΔV soft vs E[V]" in table and "TOST" in table and "oracle" in table
+    assert "| ce_own_dice_threshold |" in table  # Nordström et al.: the CE model at its own Dice optimum
     for name in ("volume_bias.png", "reliability.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0
     again = run("experiments.volume_bias_study", *args)  # every fit is reused
