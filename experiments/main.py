@@ -8,8 +8,12 @@ Writes to the workdir: checkpoints, ``metrics.jsonl``, TensorBoard events, ``res
 ``slices.png`` (predicted parcellation next to the ground truth), and, once the config and the data
 have passed their checks, ``config.json`` and ``label_space.json`` (what makes the folder a training
 run for ``evaluate``/``predict``). An existing run is resumed. Bad input (a flag or config typo, a
-missing config file, a bad dataset) is one line ``error: ...`` with exit status 2.
+missing config file, a bad dataset, a workdir holding a trained run of other settings) is one line
+``error: ...`` with exit status 2, before anything is written. Ctrl-C stops with one line saying
+from which step a rerun resumes, exit status 130.
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -29,6 +33,9 @@ def main(argv):
         results = train.train_and_evaluate(config, _WORKDIR.value)
     except (ValueError, FileNotFoundError) as e:
         cli.fail(str(e))
+    except train.Interrupted as e:  # Ctrl-C: one line, the checkpoint kept, exit status 130 as for SIGINT
+        print(str(e), file=sys.stderr)
+        sys.exit(130)
     report.write_run_report(_WORKDIR.value)
     logging.info("results: %s", results)
     print(report.outputs_summary(_WORKDIR.value))

@@ -23,19 +23,22 @@ class Checkpointer:
       keep: how many recent checkpoints to keep.
       best_metric: the metric (a key of the ``metrics`` given to :meth:`save`) that selects the
         best checkpoint, larger is better.
+      create: create the folders (``False`` to read a run without writing in it).
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, keep: int = 2, best_metric: str = "val/dice_mean"):
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 2, best_metric: str = "val/dice_mean",
+                 create: bool = True):
         workdir = Path(workdir).absolute()
         self.best_metric = best_metric
         self.latest = ocp.CheckpointManager(
             workdir / "checkpoints",
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
         )
-        self.best = ocp.CheckpointManager(
+        # Reading (create=False) a run that never saved a best checkpoint: no best manager.
+        self.best = None if not create and not (workdir / "best").is_dir() else ocp.CheckpointManager(
             workdir / "best",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode="max"
+                max_to_keep=1, create=create, best_fn=lambda m: m[best_metric], best_mode="max"
             ),
         )
 
@@ -69,13 +72,15 @@ class Checkpointer:
         return restored["state"], restored["meta"]
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        for manager in (self.latest, self.best):
+            if manager is not None:
+                manager.wait_until_finished()
 
     def close(self) -> None:
         self.wait()
-        self.latest.close()
-        self.best.close()
+        for manager in (self.latest, self.best):
+            if manager is not None:
+                manager.close()
 
 
 def abstract_like(tree: Any) -> Any:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 
 def quiet_orbax() -> None:
@@ -31,10 +31,10 @@ def quiet_orbax() -> None:
 
 def start(argv: list[str]) -> None:
     """The first line of every entry point's ``main``: quiets orbax and rejects positional arguments
-    (``absl.app.UsageError``: absl prints the usage and exits)."""
+    (one line, exit status 2: every option is a ``--flag``)."""
     quiet_orbax()
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        fail(f"unexpected arguments: {argv[1:]} (every option is a --flag=value; see --help)")
 
 
 def fail(message: str) -> None:

@@ -48,6 +48,14 @@ REQUIRED_FIELDS = ("seed", "num_steps", "batch_size", "patch_size", "loss", "lea
                    "checkpoint_every", "eval_every", "data", "model")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C) at ``step``; a rerun resumes from ``resume_step``."""
+
+    def __init__(self, step: int, resume_step: int):
+        super().__init__(f"interrupted at step {step}; rerun the same command to resume from step {resume_step}")
+        self.step, self.resume_step = step, resume_step
+
+
 # --------------------------------------------------------------------------- set-up
 def maybe_initialize_distributed() -> None:
     """Calls ``jax.distributed.initialize()`` when a multi-process environment is configured.
@@ -111,8 +119,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"config.batch_size={config.batch_size} must be divisible by the number of devices "
             f"({jax.device_count()})"
         )
-    if config.num_steps < 0 or config.checkpoint_every < 1 or config.eval_every < 0:
-        raise ValueError("config.num_steps must be >= 0, checkpoint_every >= 1 and eval_every >= 0")
+    if config.num_steps < 1 or config.checkpoint_every < 1 or config.eval_every < 0:
+        raise ValueError(f"config.num_steps must be >= 1 (got {config.num_steps}), checkpoint_every >= 1 "
+                         f"(got {config.checkpoint_every}) and eval_every >= 0 (got {config.eval_every})")
     losses.get_loss(config.loss)  # raises on an unknown name
     if len(tuple(config.patch_size)) != 3:
         raise ValueError(f"config.patch_size must have 3 entries, got {config.patch_size}")
@@ -145,6 +154,59 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
         raise ValueError(f"config.optimizer.name must be adam, adamw or sgd, got {name!r}")
     clip = opt.get("grad_clip_norm", 0.0)
     return optax.chain(optax.clip_by_global_norm(clip), base) if clip else base
+
+
+#: Config fields a resumed run may change (its schedule and bookkeeping): a change is logged to
+#: ``config_history.jsonl``. Any other difference from the run's ``config.json`` stops before any write.
+RESUMABLE_FIELDS = ("num_steps", "eval_every", "checkpoint_every", "log_every", "keep_checkpoints", "eval",
+                    "data.prefetch")
+HISTORY_FILE = "config_history.jsonl"
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def has_checkpoint(workdir: str | os.PathLike) -> bool:
+    """Whether ``workdir`` holds a saved training step (read from the folder names; creates nothing)."""
+    folder = Path(workdir) / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def check_resume(config: ml_collections.ConfigDict, label_space, workdir: str | os.PathLike) -> dict[str, list]:
+    """Checks that ``config`` may continue the run saved in ``workdir``; creates nothing.
+
+    A workdir with a checkpoint holds a trained run: its ``config.json`` and ``label_space.json``
+    must match ``config`` and ``label_space`` except for :data:`RESUMABLE_FIELDS`.
+
+    Returns:
+      ``{field: [old, new]}`` of the resumable fields that changed (empty for a new run).
+
+    Raises:
+      ValueError: one line naming the fields (or the label space) that differ.
+    """
+    workdir = Path(workdir)
+    if not has_checkpoint(workdir) or not (workdir / "config.json").exists():
+        return {}
+    old = _flatten(json.loads((workdir / "config.json").read_text()))
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    allowed = lambda k: any(k == f or k.startswith(f + ".") for f in RESUMABLE_FIELDS)  # noqa: E731
+    fixed = [k for k in changed if not allowed(k)]
+    if fixed:
+        shown = ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in fixed[:4])
+        more = f" and {len(fixed) - 4} more" if len(fixed) > 4 else ""
+        raise ValueError(f"{workdir} holds a trained run with other settings: {shown}{more}; use a new --workdir "
+                         f"(a resumed run may change only {', '.join(RESUMABLE_FIELDS)})")
+    space_path = workdir / LABEL_SPACE_FILE
+    if space_path.exists() and json.loads(space_path.read_text()) != nnunet.label_space_to_json(label_space):
+        raise ValueError(f"{workdir} holds a trained run of another label space ({space_path}); use a new --workdir")
+    return changed
 
 
 # --------------------------------------------------------------------------- the step
@@ -255,8 +317,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       The final validation metrics (``val/dice_<leaf>``, ``val/dice_mean``) plus ``train/loss``.
 
     Raises:
-      ValueError: an invalid config (the message names the field).
+      ValueError: an invalid config (the message names the field), or ``workdir`` holds a trained
+        run with other settings (:func:`check_resume`; nothing is written then).
       FloatingPointError: the loss became non-finite; the last checkpoint is the last good one.
+      Interrupted: Ctrl-C; the last checkpoint is kept and a rerun resumes from it.
     """
     maybe_initialize_distributed()
     validate_config(config)
@@ -274,7 +338,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     mesh = make_mesh()
     with jax.set_mesh(mesh):
         trainer, state = create_trainer(config, model, label_space, mesh)
+        changed = check_resume(config, label_space, workdir)  # before any write: a run is never overwritten
         if is_main:  # set-up passed: only now does the workdir become a training run
+            if changed:  # the old values stay on record
+                with open(workdir / HISTORY_FILE, "a") as f:
+                    f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": changed}) + "\n")
+                logging.info("Resuming with changed settings (logged to %s): %s", HISTORY_FILE,
+                             ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changed.items()))
             files.write_json(workdir / LABEL_SPACE_FILE, nnunet.label_space_to_json(label_space))
             files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
         ckpt = checkpoints.Checkpointer(workdir, keep=config.get("keep_checkpoints", 2))
@@ -292,10 +362,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         writer = MetricWriter(workdir, enabled=is_main)
         log_every = config.get("log_every", 10)
         window_start, window_steps = time.perf_counter(), 0
+        completed = start  # the last step whose update was applied
         try:
             for step in range(start + 1, config.num_steps + 1):
                 images, labels = next(loader)
                 state, out = trainer.train_step(state, *shard_batch((images, labels), trainer.data_sharding))
+                completed = step
                 window_steps += 1
                 is_eval = config.eval_every and (step % config.eval_every == 0 or step == config.num_steps)
                 is_ckpt = step % config.checkpoint_every == 0 or step == config.num_steps
@@ -327,6 +399,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     meta = {"step": step, "loader": loader.state_dict(), "metrics": metrics,
                             "train_loss": last_loss}
                     ckpt.save(step, state, meta, metrics=metrics if is_eval else None)
+        except KeyboardInterrupt:
+            ckpt.wait()
+            raise Interrupted(completed, ckpt.latest_step() or 0) from None
         finally:
             ckpt.close()
             writer.close()
@@ -366,6 +441,9 @@ def load_trained(workdir: str | os.PathLike, *, best: bool = True) -> TrainedMod
     """
     workdir = Path(workdir)
     config = load_run_config(workdir)
+    if not has_checkpoint(workdir):
+        raise FileNotFoundError(f"{workdir}: no checkpoint yet (the run stopped before its first one); "
+                                f"rerun its training command to resume")
     space_path = workdir / LABEL_SPACE_FILE
     if space_path.exists():
         label_space = nnunet.label_space_from_json(nnunet.read_json(space_path), where=str(space_path))
@@ -375,8 +453,8 @@ def load_trained(workdir: str | os.PathLike, *, best: bool = True) -> TrainedMod
     mesh = make_mesh()
     with jax.set_mesh(mesh):
         trainer, state = create_trainer(config, model, label_space, mesh)
-        ckpt = checkpoints.Checkpointer(workdir)
-        use_best = best and ckpt.best.latest_step() is not None
+        ckpt = checkpoints.Checkpointer(workdir, create=False)
+        use_best = best and ckpt.best is not None and ckpt.best.latest_step() is not None
         state, _ = ckpt.restore(checkpoints.abstract_like(state), best=use_best)
         ckpt.close()
     return TrainedModel(trainer.predict, state, config, label_space)

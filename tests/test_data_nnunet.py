@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -244,6 +243,15 @@ def _fails(root: Path, *fragments: str) -> str:
 def test_dataset_json_not_json(small):
     (small / "dataset.json").write_text('{"labels": {"background": 0,}')
     _fails(small, "dataset.json", "not valid JSON", "line 1")
+
+
+def test_dataset_json_repeated_key(small):
+    text = (small / "dataset.json").read_text()
+    spec = json.loads(text)
+    spec["label_sets"] = {"x": {"id": 8, "members": [1, 2]}}
+    text = json.dumps(spec).replace('"label_sets": {', '"label_sets": {"x": {"id": 9, "members": [2, 3]}, ')
+    (small / "dataset.json").write_text(text)  # JSON itself would keep the last "x" silently
+    _fails(small, "dataset.json", "the key 'x' appears twice")
 
 
 @pytest.mark.parametrize("key", ["labels", "channel_names"])

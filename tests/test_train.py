@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -138,6 +139,79 @@ def test_rerunning_a_finished_run_keeps_its_results(tmp_path):
     again = train.train_and_evaluate(config, tmp_path)
     assert np.isfinite(first["train/loss"])
     assert again == first
+
+
+def test_a_trained_run_is_never_overwritten_by_other_settings(tmp_path):
+    config = tiny(default.get_config(), num_steps=2, eval_every=0, checkpoint_every=2)
+    train.train_and_evaluate(config, tmp_path)
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    for field, value, shown in [("loss", "marginal_dice", "loss ('leaf_dice' -> 'marginal_dice')"),
+                                ("patch_size", (16, 16, 32), "patch_size"),
+                                ("seed", 5, "seed (0 -> 5)")]:
+        other = ml_collections.ConfigDict(config.to_dict())
+        other[field] = value
+        with pytest.raises(ValueError, match=r"holds a trained run with other settings: " + re.escape(shown)):
+            train.train_and_evaluate(other, tmp_path)
+    other = ml_collections.ConfigDict(config.to_dict())
+    other.data.shape = (40, 40, 40)  # other data: the model would silently train on it
+    with pytest.raises(ValueError, match=r"data.shape"):
+        train.train_and_evaluate(other, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == saved, "nothing rewritten"
+    # The schedule may change when continuing; the old values are kept in config_history.jsonl.
+    longer = ml_collections.ConfigDict(config.to_dict())
+    longer.num_steps = 3
+    train.train_and_evaluate(longer, tmp_path)
+    history = read_jsonl(tmp_path / "config_history.jsonl")
+    assert history[-1]["changed"] == {"num_steps": [2, 3]}
+    assert json.loads((tmp_path / "config.json").read_text())["num_steps"] == 3
+
+
+def test_zero_steps_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match=r"config.num_steps must be >= 1 \(got 0\)"):
+        train.train_and_evaluate(tiny(default.get_config(), num_steps=0), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_load_trained_reads_without_writing(tmp_path):
+    config = tiny(default.get_config(), num_steps=1, eval_every=0, checkpoint_every=1)
+    train.train_and_evaluate(config, tmp_path / "run")
+    before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*"))
+    train.load_trained(tmp_path / "run")  # no best/ checkpoint: the latest
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*")) == before
+    interrupted = tmp_path / "interrupted"  # stopped before its first checkpoint
+    interrupted.mkdir()
+    (interrupted / "config.json").write_text(config.to_json_best_effort())
+    with pytest.raises(FileNotFoundError, match="no checkpoint yet"):
+        train.load_trained(interrupted)
+    assert [p.name for p in interrupted.iterdir()] == ["config.json"]
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_where_to_resume(tmp_path, monkeypatch):
+    config = tiny(default.get_config(), num_steps=4, eval_every=0, checkpoint_every=2)
+    real = input_pipeline.create_loader
+
+    def interrupting_loader(cfg, cases):
+        loader = real(cfg, cases)
+        count = {"n": 0}
+        original_next = type(loader).__next__
+
+        class Wrapped(type(loader)):
+            def __next__(self):
+                count["n"] += 1
+                if count["n"] == 4:
+                    raise KeyboardInterrupt
+                return original_next(self)
+
+        loader.__class__ = Wrapped
+        return loader
+
+    monkeypatch.setattr(input_pipeline, "create_loader", interrupting_loader)
+    with pytest.raises(train.Interrupted, match="interrupted at step 3; rerun the same command to resume from step 2"):
+        train.train_and_evaluate(config, tmp_path)
+    monkeypatch.setattr(input_pipeline, "create_loader", real)
+    result = train.train_and_evaluate(config, tmp_path)  # resumes from step 2
+    assert np.isfinite(result["train/loss"])
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")][-1] == 4
 
 
 def test_same_seed_same_trajectory(tmp_path):

@@ -392,8 +392,15 @@ def read_json(path: str | os.PathLike) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from e
+    def unique_keys(pairs):
+        keys = [k for k, _ in pairs]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:  # json keeps the last one silently
+            raise DatasetError(f"{path}: the key {repeated[0]!r} appears twice in one object")
+        return dict(pairs)
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
 
