@@ -90,8 +90,13 @@ def test_predict_keeps_affine_shape_and_header(workdir, tmp_path):
     out = run("experiments.predict", f"--workdir={workdir}", f"--input={tmp_path / 'in'}",
               f"--output={tmp_path / 'out'}", "--probabilities")
     assert out.returncode == 0, out.stderr[-3000:]
-    seg = nib.load(tmp_path / "out" / "case_seg.nii.gz")
+    seg = nib.load(tmp_path / "out" / "case.nii.gz")  # nnU-Net's name
     probs = nib.load(tmp_path / "out" / "case_probs.nii.gz")
+    assert json.loads((tmp_path / "out" / "case_probs.json").read_text())["channels"][:2] == ["background", "wm"]
+    assert f"wrote 3 files to {tmp_path / 'out'}" in out.stdout
+    again = run("experiments.predict", f"--workdir={workdir}", f"--input={tmp_path / 'in'}",
+                f"--output={tmp_path / 'out'}", "--probabilities")  # never overwrites silently
+    assert again.returncode == 2 and "case.nii.gz: already exists" in again.stderr
     assert seg.shape == image.shape and probs.shape == image.shape + (9,)
     np.testing.assert_allclose(seg.affine, affine, atol=1e-5)
     np.testing.assert_allclose(probs.get_fdata().sum(-1), 1.0, atol=1e-4)
@@ -258,7 +263,7 @@ def test_nnunet_dataset_trains_predicts_and_evaluates_end_to_end(mni_dataset, tm
     out = run("experiments.predict", f"--workdir={workdir}", f"--input={tmp_path / 'in' / 'held_out.nii.gz'}",
               f"--output={tmp_path / 'seg'}", "--probabilities")
     assert out.returncode == 0, out.stderr[-3000:]
-    seg = nib.load(tmp_path / "seg" / "held_out_seg.nii.gz")
+    seg = nib.load(tmp_path / "seg" / "held_out.nii.gz")
     assert seg.shape == held_out.shape == (25, 30, 24)
     np.testing.assert_allclose(seg.affine, held_out.affine, atol=1e-5)
     assert (int(seg.header["sform_code"]), int(seg.header["qform_code"])) == (4, 1)
@@ -266,7 +271,7 @@ def test_nnunet_dataset_trains_predicts_and_evaluates_end_to_end(mni_dataset, tm
     assert nib.load(tmp_path / "seg" / "held_out_probs.nii.gz").shape == (25, 30, 24, 4)
     umask = os.umask(0)
     os.umask(umask)
-    assert stat.S_IMODE((tmp_path / "seg" / "held_out_seg.nii.gz").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "seg" / "held_out.nii.gz").stat().st_mode) == 0o666 & ~umask
 
     out = run("experiments.evaluate", f"--workdir={workdir}", f"--output={tmp_path / 'eval'}")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -300,8 +305,8 @@ def test_multichannel_dataset_trains_and_predicts_nnunet_named_files(tmp_path):
     out = run("experiments.predict", f"--workdir={workdir}", f"--input={root / 'imagesTs'}",
               f"--output={tmp_path / 'seg'}")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["mni_test_000_seg.nii.gz"]
-    seg = nib.load(tmp_path / "seg" / "mni_test_000_seg.nii.gz")
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["mni_test_000.nii.gz"]
+    seg = nib.load(tmp_path / "seg" / "mni_test_000.nii.gz")
     assert seg.shape == nib.load(root / "imagesTs" / "mni_test_000_0001.nii.gz").shape
 
     (tmp_path / "one").mkdir()
@@ -358,7 +363,19 @@ def test_predict_warns_on_an_all_zero_image(workdir, tmp_path):
               f"--output={tmp_path / 'out'}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "zeros.nii.gz: the image is all zeros" in out.stderr
-    assert (tmp_path / "out" / "zeros_seg.nii.gz").exists()
+    assert (tmp_path / "out" / "zeros.nii.gz").exists()
+
+
+def test_predict_single_channel_model_takes_nnunet_names_and_refuses_other_channels(workdir, tmp_path):
+    image, _ = make_phantom(3, shape=(16, 16, 16))
+    save_nifti(tmp_path / "in" / "brain_0000.nii.gz", image, np.eye(4))
+    out = run("experiments.predict", f"--workdir={workdir}", f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'o'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["brain.nii.gz"]
+    save_nifti(tmp_path / "in" / "brain_0001.nii.gz", image, np.eye(4))  # a second channel (T2, say)
+    out = run("experiments.predict", f"--workdir={workdir}", f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'p'}")
+    _one_line_error(out, "brain_0001.nii.gz: the model takes 1 input channel but this is channel 1")
+    assert not (tmp_path / "p").exists()
 
 
 def _read_only_folder(tmp_path: Path) -> Path:
