@@ -73,7 +73,8 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:
         cli.fail(str(e))
     if not rows:
-        cli.fail("no case to evaluate (the run has no validation case; pass --manifest)")
+        cli.fail("no case to evaluate: the run has no validation case (data.num_val=0); pass --split=test for an "
+                 "nnU-Net dataset's labelled imagesTs, or --manifest")
     summary = summarize(rows)
     files.write_csv(output / "per_case.csv", rows)
     files.write_csv(output / "summary.csv", summary)

@@ -242,6 +242,13 @@ class LabelSpace:
             sets[ignore_id] = (IGNORE_NAME, tuple(range(num_classes)))
         next_id = (num_classes if ignore_id is None else ignore_id + 1)
         for name, members in regions:
+            unknown = [m for m in members if not 0 <= m < num_classes]
+            if unknown:
+                raise ValueError(f"nnU-Net labels: region {name!r} names {unknown}, which are not leaf ids "
+                                 f"(0..{num_classes - 1})")
+            if len(members) == 1:
+                raise ValueError(f"nnU-Net labels: region {name!r} = [{members[0]}] is a single leaf; write "
+                                 f"{members[0]} instead of a list")
             sets[next_id] = (name, members)
             next_id += 1
         ids = sorted(sets)

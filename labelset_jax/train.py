@@ -305,6 +305,30 @@ def validate(model: TrainedModel, cases, settings: EvalSettings) -> dict[str, fl
     return out
 
 
+def startup_summary(config: ml_collections.ConfigDict, datasets) -> list[str]:
+    """What a run trains on, in a few lines: cases per source (fully / partially annotated),
+    validation cases, voxel spacing, patch, leaves and label sets."""
+    space = datasets.label_space
+    by_source: dict[str, list[int]] = {}
+    for case in datasets.train:
+        full = case.protocol == "full"
+        counts = by_source.setdefault(str(case.metadata.get("source", "") or config.data.name), [0, 0])
+        counts[0 if full else 1] += 1
+    sources = "; ".join(f"{name}: {full} fully, {partial} partially annotated"
+                        for name, (full, partial) in by_source.items())
+    spacings = sorted({tuple(round(float(v), 3) for v in case.spacing) for case in datasets.train})
+    spacing = (f"{spacings[0]} mm" if len(spacings) == 1 else
+               f"{len(spacings)} different, e.g. {spacings[0]} to {spacings[-1]} mm (not resampled)")
+    sets = ", ".join(f"{name}={{{', '.join(space.names[c] for c in members)}}}"
+                     for name, members in zip(space.set_names, space.set_members)) or "none"
+    lines = [f"training cases: {len(datasets.train)} ({sources})",
+             f"validation cases: {len(datasets.val)}" + ("" if datasets.val else " (no validation during training)"),
+             f"voxel spacing: {spacing}; patch {tuple(config.patch_size)}, batch {config.batch_size}, "
+             f"{config.num_steps} steps, loss {config.loss}",
+             f"leaves: {', '.join(space.names)}; label sets: {sets}"]
+    return lines
+
+
 # --------------------------------------------------------------------------- the loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
     """Trains the configured model in ``workdir`` (resuming from its checkpoints) and evaluates it.
@@ -359,6 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             last_loss = float(meta.get("train_loss", float("nan")))
             logging.info("Resumed from step %d in %s", start, workdir)
 
+        for line in startup_summary(config, datasets):
+            logging.info("%s", line)
         writer = MetricWriter(workdir, enabled=is_main)
         log_every = config.get("log_every", 10)
         window_start, window_steps = time.perf_counter(), 0
@@ -369,7 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 state, out = trainer.train_step(state, *shard_batch((images, labels), trainer.data_sharding))
                 completed = step
                 window_steps += 1
-                is_eval = config.eval_every and (step % config.eval_every == 0 or step == config.num_steps)
+                is_eval = bool(config.eval_every and datasets.val) and (
+                    step % config.eval_every == 0 or step == config.num_steps)
                 is_ckpt = step % config.checkpoint_every == 0 or step == config.num_steps
                 if step % log_every == 0 or is_eval or is_ckpt or step == start + 1:
                     last_loss = float(out["loss"])

@@ -159,3 +159,12 @@ def test_protocol_adds_the_needed_set():
     with pytest.raises(ValueError, match="full segmentations"):
         protocol.apply(np.array([0, 4]))
     assert isinstance(protocol, AnnotationProtocol)
+
+
+@pytest.mark.parametrize("labels, message", [
+    ({"background": 0, "a": 1, "b": 2, "only_b": [2]}, r"region 'only_b' = \[2\] is a single leaf; write 2"),
+    ({"background": 0, "a": 1, "ab": [1, 5]}, r"region 'ab' names \[5\], which are not leaf ids \(0..1\)"),
+])
+def test_nnunet_region_errors_name_the_region(labels, message):
+    with pytest.raises(ValueError, match=message):
+        LabelSpace.from_nnunet(labels)

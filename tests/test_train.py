@@ -172,6 +172,25 @@ def test_zero_steps_is_a_config_error(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_no_validation_cases_skip_validation_without_nan(tmp_path, recwarn):
+    config = tiny(default.get_config(), num_steps=2, eval_every=1, checkpoint_every=2)
+    config.data.num_val = 0
+    result = train.train_and_evaluate(config, tmp_path)
+    assert set(result) == {"train/loss"} and np.isfinite(result["train/loss"])
+    assert not [w for w in recwarn if "Mean of empty slice" in str(w.message)]
+    assert not any(k.startswith("val/") for r in read_jsonl(tmp_path / "metrics.jsonl") for k in r)
+
+
+def test_startup_summary_names_sources_spacing_and_sets():
+    config = tiny(default.get_config())
+    datasets = input_pipeline.create_datasets(config.data, seed=0)
+    lines = train.startup_summary(config, datasets)
+    assert lines[0] == "training cases: 4 (phantoms: 1 fully, 3 partially annotated)"
+    assert lines[1] == "validation cases: 1"
+    assert "(3.0, 3.0, 3.0) mm" in lines[2] and "loss leaf_dice" in lines[2]
+    assert "set_11={cortical_gm, deep_gm, brainstem}" in lines[3]
+
+
 def test_load_trained_reads_without_writing(tmp_path):
     config = tiny(default.get_config(), num_steps=1, eval_every=0, checkpoint_every=1)
     train.train_and_evaluate(config, tmp_path / "run")

@@ -490,7 +490,8 @@ def _check_case(case_id: str, channel_files: Mapping[int, Path], label_path: Pat
         raise DatasetError(f"{wanted}: missing (case {case_id!r} needs channels 0..{num_channels - 1})")
     extra = sorted(k for k in channel_files if k >= num_channels)
     if extra:
-        raise DatasetError(f"{channel_files[extra[0]]}: channel {extra[0]} but channel_names declares {num_channels}")
+        raise DatasetError(f"{channel_files[extra[0]]}: channel {extra[0]}, but channel_names declares only "
+                           f"{num_channels} channel(s) (0..{num_channels - 1})")
     files = [channel_files[k] for k in range(num_channels)] + ([label_path] if label_path is not None else [])
     shape, affine = _header(files[0])
     for path in files[1:]:
@@ -579,6 +580,8 @@ def read_label_space(root: str | os.PathLike) -> LabelSpace:
       DatasetError: a missing or invalid ``dataset.json`` (see :func:`label_space_from_json`).
     """
     json_path = Path(root) / "dataset.json"
+    if not Path(root).is_dir():
+        raise DatasetError(f"{root}: not a folder (expected a DatasetXXX_Name folder with dataset.json)")
     if not json_path.is_file():
         raise DatasetError(f"{json_path}: missing (every dataset folder needs a dataset.json)")
     spec = read_json(json_path)
