@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(PY) -m experiments.main --config=configs/default.py --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup labelset_jax tests notebooks --nbmake -q
+	$(PY) -m pytest -n 2 --dist loadgroup labelset_jax tests notebooks --nbmake -q --durations=20
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_losses.py

@@ -53,6 +53,8 @@ _SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "smoke"], "Scale of configs/v
 _TASKS = flags.DEFINE_list("tasks", None, "Tasks to run (default: all of the study config).")
 _ARMS = flags.DEFINE_list("arms", None, "Arms to run (default: each task's).")
 _PS = flags.DEFINE_list("ps", None, "Blob probabilities p (default: the study config's).")
+_STEPS = flags.DEFINE_integer("steps", None, "Adam steps of every CNN task (default: each task's; a convergence "
+                              "pilot runs a task at several step counts).")
 
 GENERATORS = {
     "boundary_noise": synthetic.boundary_noise_case,
@@ -329,6 +331,12 @@ def plot_reliability(results: dict, path: Path) -> None:
 def main(argv):
     cli.start(argv)
     study = volume_bias_config.study_config(_SCALE.value)
+    if _STEPS.value is not None:
+        if _STEPS.value < 1:
+            cli.fail(f"--steps must be >= 1, got {_STEPS.value}")
+        for task in study.tasks.values():
+            if task.model == "cnn":
+                task.steps = _STEPS.value
     tasks = dict(study.tasks.items())
     if _TASKS.value is not None:
         cli.check_known(_TASKS.value, tasks, what="task")
