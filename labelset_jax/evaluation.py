@@ -30,7 +30,7 @@ import numpy as np
 from labelset_jax.data import Case, normalize_image
 from labelset_jax.inference import predict_volume
 from labelset_jax.labelsets import FETAL_BRAIN_PROTOCOLS, AnnotationProtocol, LabelSpace
-from labelset_jax.metrics import bootstrap_ci, evaluate_case, volume_error
+from labelset_jax.metrics import bootstrap_ci, dice_score, evaluate_case, hausdorff95, volume_error
 
 __all__ = ["EvalSettings", "TrainedModel", "Prediction", "predict_case", "score_case", "evaluate_cases",
            "summarize"]
@@ -163,8 +163,10 @@ def score_case(case: Case, prediction: Prediction, label_space: LabelSpace, *,
     Returns:
       ``{"id", "protocol", ["source",] "dice_<leaf>", "hd95_<leaf>" (with ``hd95``), ...,
       "dvol_soft_<leaf>", "dvol_hard_<leaf>", ...}``: per tissue the Dice, the HD95 (mm) and the
-      signed soft (sum of probabilities) and hard (``p > 0.5``) volume errors (ml). ``source`` is
-      there for a case of a merged dataset (``case.metadata["source"]``).
+      signed soft (sum of probabilities) and hard (``p > 0.5``) volume errors (ml); the same for
+      each nnU-Net region of the space (the union of its leaves, e.g. ``dice_whole_tumor``; NaN
+      unless the case annotates all its leaves). ``source`` is there for a case of a merged
+      dataset (``case.metadata["source"]``).
     """
     space = label_space
     annotated = _annotated(case, space, protocols)
@@ -184,6 +186,20 @@ def score_case(case: Case, prediction: Prediction, label_space: LabelSpace, *,
         name = space.names[c]
         if c in annotated:
             err = volume_error(prediction.probs[..., c], labels == c, spacing=case.spacing)
+            row[f"dvol_soft_{name}"], row[f"dvol_hard_{name}"] = err.soft, err.hard
+        else:
+            row[f"dvol_soft_{name}"] = row[f"dvol_hard_{name}"] = float("nan")
+    for region in space.region_ids:  # nnU-Net regions (BraTS's whole tumour, ...): the union of their leaves
+        name, members = space.name_of(region), list(space.leaves_of(region))
+        known = all(c in annotated for c in members)
+        pred_mask, true_mask = np.isin(prediction.labels, members), np.isin(labels, members)
+        row[f"dice_{name}"] = (float(dice_score(pred_mask.astype(np.int32), true_mask.astype(np.int32), labels=[1])[0])
+                               if known else float("nan"))
+        if hd95:
+            row[f"hd95_{name}"] = (hausdorff95(pred_mask, true_mask, spacing=case.spacing) if known
+                                   else float("nan"))
+        if known:
+            err = volume_error(prediction.probs[..., members].sum(-1), true_mask, spacing=case.spacing)
             row[f"dvol_soft_{name}"], row[f"dvol_hard_{name}"] = err.soft, err.hard
         else:
             row[f"dvol_soft_{name}"] = row[f"dvol_hard_{name}"] = float("nan")

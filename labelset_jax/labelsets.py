@@ -79,6 +79,8 @@ class LabelSpace:
       set_members: ``set_members[j]`` is the sorted tuple of leaves of set ``set_ids[j]``.
       set_names: a name per label set.
       ignore_id: the id of the ignore label (the set of all leaves), or ``None``.
+      region_ids: the set ids that are nnU-Net *regions* (structures made of several leaves, such as
+        BraTS's whole tumour, scored as the union of their leaves), not partial annotations.
     """
 
     names: tuple[str, ...]
@@ -86,6 +88,7 @@ class LabelSpace:
     set_members: tuple[tuple[int, ...], ...] = ()
     set_names: tuple[str, ...] = ()
     ignore_id: int | None = None
+    region_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
@@ -94,6 +97,7 @@ class LabelSpace:
             self, "set_members", tuple(_leaf_tuple(m, context="label set") for m in self.set_members)
         )
         object.__setattr__(self, "set_names", tuple(str(n) for n in self.set_names))
+        object.__setattr__(self, "region_ids", tuple(sorted(int(i) for i in self.region_ids)))
         num_classes = len(self.names)
         if num_classes < 1:
             raise ValueError("a label space needs at least one leaf")
@@ -133,6 +137,9 @@ class LabelSpace:
                     f"label sets {seen[members]} and {set_id} have the same members {list(members)}"
                 )
             seen[members] = set_id
+        bad_regions = [i for i in self.region_ids if i not in self.set_ids or i == self.ignore_id]
+        if bad_regions:
+            raise ValueError(f"region id(s) {bad_regions} must be label-set ids other than the ignore id")
         if self.ignore_id is not None:
             if self.ignore_id not in self.set_ids:
                 raise ValueError(f"ignore_id {self.ignore_id} is not one of the set ids {list(self.set_ids)}")
@@ -198,10 +205,12 @@ class LabelSpace:
     def from_nnunet(cls, labels: Mapping[str, int | Sequence[int]]) -> LabelSpace:
         """Builds a space from the ``"labels"`` dict of an nnU-Net v2 ``dataset.json``.
 
-        Integer values name leaves (they must cover ``0..C-1``); list values are *regions*, i.e.
-        label sets, which get the ids following the largest leaf or ignore id, in dict order; the
-        key ``"ignore"`` gives the id of the ignore label (the set of all leaves, nnU-Net requires
-        it to be the largest id).
+        Integer values name leaves; list values are *regions*, i.e. label sets, which get the ids
+        following the largest leaf or ignore id, in dict order (:attr:`region_ids`); the key
+        ``"ignore"`` gives the id of the ignore label (the set of all leaves, nnU-Net requires it to
+        be the largest id). The leaves are ``0..C-1``: a value that only regions cover is a leaf
+        named ``label_<value>`` (BraTS-style ``labels`` name the regions and leave some leaves
+        implicit); a value neither named nor covered is an error.
 
         >>> space = LabelSpace.from_nnunet(
         ...     {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3,
@@ -210,6 +219,10 @@ class LabelSpace:
         (4, 5, (2, 3))
         >>> space.to_nnunet()["tumor_core"]
         [2, 3]
+        >>> brats = LabelSpace.from_nnunet({"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3],
+        ...                                 "enhancing_tumor": 3})
+        >>> brats.names, [brats.name_of(i) for i in brats.region_ids]
+        (('background', 'label_1', 'label_2', 'enhancing_tumor'), ['whole_tumor', 'tumor_core'])
         """
         leaves: dict[int, str] = {}
         regions: list[tuple[str, tuple[int, ...]]] = []
@@ -229,7 +242,12 @@ class LabelSpace:
                 regions.append((name, _leaf_tuple(value, context=f"nnU-Net region {name!r}")))
             else:
                 raise ValueError(f"nnU-Net labels: {name!r} must be an int or a list of ints, got {value!r}")
-        num_classes = max(leaves) + 1 if leaves else 0
+        covered = {m for _, members in regions for m in members}
+        num_classes = max([*leaves, *covered]) + 1 if leaves else 0
+        for value in sorted(covered - set(leaves)):  # a leaf only the regions name (BraTS-style)
+            leaves[value] = f"label_{value}"
+            if leaves[value] in labels:
+                raise ValueError(f"nnU-Net labels: leaf {value} is unnamed but 'label_{value}' names something else")
         missing = sorted(set(range(num_classes)) - set(leaves))
         if missing or not leaves:
             raise ValueError(f"nnU-Net labels: leaf ids must be 0..C-1 with no gap; missing {missing}")
@@ -241,6 +259,7 @@ class LabelSpace:
         if ignore_id is not None:
             sets[ignore_id] = (IGNORE_NAME, tuple(range(num_classes)))
         next_id = (num_classes if ignore_id is None else ignore_id + 1)
+        region_ids = []
         for name, members in regions:
             unknown = [m for m in members if not 0 <= m < num_classes]
             if unknown:
@@ -250,6 +269,7 @@ class LabelSpace:
                 raise ValueError(f"nnU-Net labels: region {name!r} = [{members[0]}] is a single leaf; write "
                                  f"{members[0]} instead of a list")
             sets[next_id] = (name, members)
+            region_ids.append(next_id)
             next_id += 1
         ids = sorted(sets)
         return cls(
@@ -258,6 +278,7 @@ class LabelSpace:
             set_members=tuple(sets[i][1] for i in ids),
             set_names=tuple(sets[i][0] for i in ids),
             ignore_id=ignore_id,
+            region_ids=tuple(region_ids),
         )
 
     # ------------------------------------------------------------------ exports

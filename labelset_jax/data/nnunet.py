@@ -172,27 +172,34 @@ def label_space_from_json(spec: Mapping[str, Any], *, where: str = "dataset.json
         superset[set_id] = tuple(sorted(set(leaves)))
         set_names[set_id] = str(name)
     next_id = max([num_classes - 1, *superset]) + 1
+    region_ids = []
     for set_id, members, name in zip(base.set_ids, base.set_members, base.set_names):
         if set_id != base.ignore_id:  # an nnU-Net region
+            if members in {tuple(m) for m in superset.values()}:
+                raise DatasetError(f"{where}: region {name!r} has the members of a label set; name them once")
             superset[next_id], set_names[next_id] = members, name
+            region_ids.append(next_id)
             next_id += 1
     try:
-        return LabelSpace.from_superset_map(
+        space = LabelSpace.from_superset_map(
             num_classes, superset, names, set_names=set_names, ignore_id=base.ignore_id
         )
+        return dataclasses.replace(space, region_ids=tuple(region_ids))
     except ValueError as e:
         raise DatasetError(f"{where}: {e}") from e
 
 
 def label_space_to_json(space: LabelSpace) -> dict[str, Any]:
     """``{"labels": ..., "label_sets": ...}`` describing ``space`` (inverse of
-    :func:`label_space_from_json`): leaves and the ignore label in ``labels``, every other set in
-    ``label_sets`` with its id, so that ids round-trip exactly."""
+    :func:`label_space_from_json`): leaves, regions (as lists) and the ignore label in ``labels``,
+    every other set in ``label_sets`` with its id, so that ids round-trip exactly."""
     labels: dict[str, Any] = {name: c for c, name in enumerate(space.names)}
     label_sets = {}
     for set_id, members, name in zip(space.set_ids, space.set_members, space.set_names):
         if set_id == space.ignore_id:
             labels[IGNORE_NAME] = set_id
+        elif set_id in space.region_ids:  # nnU-Net's notation: a list of leaves in 'labels'
+            labels[name] = list(members)
         else:
             label_sets[name] = {"id": set_id, "members": list(members)}
     out: dict[str, Any] = {"labels": labels}
