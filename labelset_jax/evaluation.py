@@ -21,6 +21,7 @@ A trained model is a :class:`TrainedModel`, e.g. from :func:`labelset_jax.train.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -107,7 +108,7 @@ def predict_case(models: TrainedModel | Sequence[TrainedModel], image: np.ndarra
       models: a :class:`TrainedModel`, or several of one label space (an ensemble).
       image: ``[D, H, W]`` (or ``[D, H, W, K]``, ``K`` input channels) raw intensities (e.g.
         ``case.image``), normalised here by :func:`~labelset_jax.data.normalize_image` as in
-        training.
+        training (with the run's CT statistics, ``config.data.intensity``, when it has them).
       settings: the sliding-window and TTA settings.
       progress: ``progress(done, total)`` after each batch of windows (see
         :func:`~labelset_jax.inference.sliding_window_inference`).
@@ -118,7 +119,10 @@ def predict_case(models: TrainedModel | Sequence[TrainedModel], image: np.ndarra
     members = [models] if isinstance(models, TrainedModel) else list(models)
     if len({m.label_space.num_classes for m in members}) > 1:
         raise ValueError("the ensemble members predict different label spaces")
-    image = normalize_image(image)
+    stats = {json.dumps(m.config.get("data", {}).get("intensity")) for m in members}
+    if len(stats) > 1:
+        raise ValueError("the ensemble members normalise their inputs differently (config.data.intensity)")
+    image = normalize_image(image, intensity=json.loads(stats.pop()))
     channels = 1 if image.ndim == 3 else image.shape[-1]
     # What a training config says (the model's default is 1); a bare config says nothing.
     expected = {int(m.config.model.get("in_channels", 1)) for m in members if "model" in m.config}

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from labelset_jax import data as data_lib
-from labelset_jax.data import Case, nnunet
+from labelset_jax.data import Case, nnunet, transforms
 from labelset_jax.labelsets import FETAL_BRAIN, LabelSpace
 
 VAL_SEED_OFFSET = 100_000  # validation cases never share a seed with training cases
@@ -196,10 +196,31 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
     return Datasets(train=train_cases, val=list(val_cases), label_space=space)
 
 
+def intensity_statistics(data: ml_collections.ConfigDict, cases: Sequence[Case]) -> list[dict | None] | None:
+    """Per input channel, the dataset statistics of a channel named ``CT`` in an nnU-Net dataset's
+    ``channel_names`` (:func:`~labelset_jax.data.transforms.ct_statistics`, as nnU-Net's CT
+    normalisation), ``None`` for the other channels (per-image z-score); ``None`` when no channel
+    is CT. Saved with the run as ``config.data.intensity`` and used by evaluation and prediction."""
+    if data.get("name") != "nnunet" or not cases:
+        return None
+    channels = nnunet.read_channel_names(_nnunet_path(data))
+    if not any(name.upper() == "CT" for name in channels):
+        return None
+    out = []
+    for k, name in enumerate(channels):
+        if name.upper() != "CT":
+            out.append(None)
+            continue
+        images = (c.image if c.image.ndim == 3 else c.image[..., k] for c in cases)
+        out.append(transforms.ct_statistics(images, (c.labels for c in cases)))
+    return out
+
+
 def create_loader(config: ml_collections.ConfigDict, cases: Sequence[Case]) -> data_lib.Loader:
     """The training loader: this process's slice of each global batch, prefetched."""
     return data_lib.Loader(
         cases,
+        intensity=config.data.get("intensity"),
         batch_size=config.batch_size,
         patch_size=tuple(config.patch_size),
         seed=config.seed,

@@ -102,6 +102,19 @@ def with_input_channels(config: ml_collections.ConfigDict, cases) -> ml_collecti
     return config
 
 
+def with_intensity(config: ml_collections.ConfigDict, cases) -> ml_collections.ConfigDict:
+    """``config`` with ``data.intensity`` set to the dataset statistics of its CT channels
+    (:func:`labelset_jax.input_pipeline.intensity_statistics`; a copy, saved with the run so that
+    evaluation and prediction normalise as training did). Unchanged when no channel is CT."""
+    stats = input_pipeline.intensity_statistics(config.data, cases)
+    if stats is None:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.intensity = stats
+    return config
+
+
 def make_mesh() -> jax.sharding.Mesh:
     """A 1-D mesh ``("data",)`` over every device of every process."""
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -356,6 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     datasets = input_pipeline.create_datasets(config.data, seed=config.seed)
     label_space = datasets.label_space
     config = with_input_channels(config, datasets.train)
+    config = with_intensity(config, datasets.train)
     loader = input_pipeline.create_loader(config, datasets.train)
     model = create_model(config.model, num_classes=label_space.num_classes, rngs=nnx.Rngs(config.seed))
 

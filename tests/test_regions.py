@@ -64,3 +64,34 @@ def test_region_dice_is_the_dice_of_the_union_of_its_leaves():
     assert row["dice_whole_tumor"] == 1.0
     core_true, core_pred = np.isin(truth, [2, 3]).sum(), np.isin(pred, [2, 3]).sum()
     assert np.isclose(row["dice_tumor_core"], 2 * core_true / (core_true + core_pred))
+
+
+def test_ct_channel_is_normalised_with_dataset_statistics_saved_with_the_run(tmp_path):
+    """A channel named CT is clipped to the dataset's foreground 0.5-99.5 percentiles and z-scored with
+    dataset statistics (nnU-Net's CT scheme); the statistics travel with the run to evaluation."""
+    space = label_space_from_json({"labels": BRATS_LABELS})
+    cases = []
+    for i in range(4):
+        case = nested_blob(i)
+        hu = np.array([-1000.0, 40.0, 60.0, 120.0])[case.labels] + np.random.default_rng(i).normal(0, 5, case.labels.shape)
+        cases.append(SimpleNamespace(id=case.id, image=hu.astype(np.float32), labels=case.labels, affine=case.affine))
+    root = tmp_path / "Dataset011_CT"
+    write_dataset(root, cases, space=space, channel_names=["CT"])
+    config = dataset_config.get_config(str(root))
+    config.num_steps, config.checkpoint_every, config.eval_every, config.log_every = 1, 1, 1, 1
+    config.patch_size = config.eval.roi_size = (16, 16, 16)
+    config.model.num_levels, config.model.base_features, config.model.max_features = 2, 4, 8
+    config.data.prefetch, config.data.num_val = 0, 1
+    train.train_and_evaluate(config, tmp_path / "run")
+    model = train.load_trained(tmp_path / "run")
+    stats = model.config.data.intensity[0]
+    foreground = np.concatenate([c.image[c.labels != 0] for c in cases])
+    assert 20.0 < stats["low"] < 40.0 and 120.0 < stats["high"] < 140.0  # the foreground's, not the air's
+    assert abs(stats["mean"] - foreground.mean()) < 3.0
+    from labelset_jax.data import normalize_image
+
+    normalised = normalize_image(cases[0].image, intensity=list(model.config.data.intensity))
+    assert normalised.min() == (stats["low"] - stats["mean"]) / stats["std"]  # air clipped, not z-scored per image
+    rows = evaluate_cases(model, input_pipeline.create_datasets(config.data, seed=0).val,
+                          EvalSettings.from_config(model.config))
+    assert np.isfinite(rows[0]["dice_whole_tumor"])

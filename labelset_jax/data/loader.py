@@ -91,6 +91,8 @@ class Loader:
       process_index: this process's index ``i`` (``jax.process_index()``).
       process_count: the number of processes ``P`` (``jax.process_count()``); ``B % P == 0``.
       normalize: normalise the images (``False`` if they are already normalised).
+      intensity: per-channel dataset statistics for :func:`~labelset_jax.data.transforms.normalize_image`
+        (CT channels), or ``None``.
       space: when given, every label map is checked to hold ids of this label space.
       full_fraction: the fraction of the samples drawn from the fully annotated cases (protocol
         ``"full"``), the others from the rest; ``None`` (default) samples all cases uniformly.
@@ -113,6 +115,7 @@ class Loader:
         process_index: int = 0,
         process_count: int = 1,
         normalize: bool = True,
+        intensity: Sequence[dict | None] | None = None,
         space: LabelSpace | None = None,
         full_fraction: float | None = None,
     ):
@@ -154,7 +157,8 @@ class Loader:
             if space is not None:
                 validate_labels(case.labels, space, what=case.id)
             labels = np.asarray(case.labels, np.int32)
-            image = normalize_image(case.image) if normalize else np.asarray(case.image, np.float32)
+            image = (normalize_image(case.image, intensity=intensity) if normalize
+                     else np.asarray(case.image, np.float32))
             self._images.append(image)
             self._labels.append(labels)
             self._fg.append(foreground_index(labels, seed=k) if foreground_prob > 0 else None)

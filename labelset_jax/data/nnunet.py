@@ -71,6 +71,7 @@ __all__ = [
     "NnunetDataset",
     "read_dataset",
     "read_label_space",
+    "read_channel_names",
     "channel_cases",
     "read_json",
     "write_dataset",
@@ -578,6 +579,15 @@ def _read_splits(root: Path, case_ids: Sequence[str]) -> tuple[tuple | None, Pat
             raise DatasetError(f"{path}: fold {k} has no training case")
         out.append(entry)
     return tuple(out), path
+
+
+def read_channel_names(root: str | os.PathLike) -> tuple[str, ...]:
+    """The input channel names of a dataset folder, from its ``dataset.json`` alone."""
+    json_path = Path(root) / "dataset.json"
+    spec = read_json(json_path)
+    if not isinstance(spec, Mapping):
+        raise DatasetError(f"{json_path}: must hold a JSON object, got {type(spec).__name__}")
+    return _channel_names(spec, json_path)
 
 
 def read_label_space(root: str | os.PathLike) -> LabelSpace:

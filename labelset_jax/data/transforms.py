@@ -26,7 +26,7 @@ so a pipeline seeded identically produces identical outputs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -36,6 +36,7 @@ __all__ = [
     "brain_mask",
     "zscore",
     "normalize_image",
+    "ct_statistics",
     "foreground_index",
     "sample_patch_centre",
     "extract_patch",
@@ -128,24 +129,66 @@ def zscore(image: np.ndarray, mask: np.ndarray, *, outside: float = 0.0, eps: fl
     return out
 
 
-def normalize_image(image: np.ndarray, *, relative_threshold: float = 0.1) -> np.ndarray:
+def normalize_image(image: np.ndarray, *, relative_threshold: float = 0.1,
+                    intensity: Sequence[dict | None] | None = None) -> np.ndarray:
     """The library's intensity normalisation: z-score inside ``image > relative_threshold · p99``.
 
     :func:`zscore` over the intensity mask :func:`brain_mask` ``(image=..., threshold=...)`` with
     the threshold a fraction of the 99th percentile; zero (the mean) outside. The mask needs no
     labels, so training (the loader), evaluation and prediction on new scans normalise every
-    image identically.
+    image identically. A channel with dataset statistics in ``intensity`` (CT, as nnU-Net does it:
+    :func:`ct_statistics`) is instead clipped to ``[low, high]`` and z-scored with the dataset's
+    ``mean`` and ``std``.
+
+    Args:
+      image: ``[D, H, W]`` or ``[D, H, W, K]`` (channels last, each normalised on its own).
+      relative_threshold: the intensity mask's threshold, a fraction of the 99th percentile.
+      intensity: optional, one entry per channel: ``None`` (per-image z-score) or
+        ``{"low", "high", "mean", "std"}``.
 
     >>> image = np.array([0.0, 0.0, 1.0, 2.0, 3.0])
     >>> normalize_image(image).round(3).tolist()
     [0.0, 0.0, -1.225, 0.0, 1.225]
+    >>> normalize_image(np.array([-1000.0, 40.0, 3000.0]),
+    ...                 intensity=[{"low": -100.0, "high": 200.0, "mean": 50.0, "std": 10.0}]).tolist()
+    [-15.0, -1.0, 15.0]
     """
     image = np.asarray(image, np.float32)
     if image.ndim == 4:  # channels last: each channel on its own
-        return np.stack([normalize_image(image[..., k], relative_threshold=relative_threshold)
+        return np.stack([normalize_image(image[..., k], relative_threshold=relative_threshold,
+                                         intensity=None if intensity is None else [intensity[k]])
                          for k in range(image.shape[-1])], axis=-1)
+    stats = intensity[0] if intensity else None
+    if stats:
+        clipped = np.clip(image, float(stats["low"]), float(stats["high"]))
+        return ((clipped - float(stats["mean"])) / max(float(stats["std"]), 1e-8)).astype(np.float32)
     threshold = relative_threshold * float(np.percentile(image, 99))
     return zscore(image, brain_mask(image=image, threshold=threshold))
+
+
+def ct_statistics(images: Iterable[np.ndarray], labels: Iterable[np.ndarray], *,
+                  max_samples: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """nnU-Net's CT normalisation statistics of one channel: over the foreground voxels (label
+    ``!= 0``) of the training cases, at most ``max_samples`` drawn per case, the 0.5 and 99.5
+    percentiles (``low``, ``high``) and the mean and std of the intensities clipped to them.
+
+    >>> stats = ct_statistics([np.arange(1000.0).reshape(10, 10, 10)], [np.ones((10, 10, 10), int)])
+    >>> round(stats["low"], 1), round(stats["high"], 1), round(stats["mean"], 1)
+    (5.0, 994.0, 499.5)
+    """
+    rng = np.random.default_rng(seed)
+    samples = []
+    for image, label in zip(images, labels):
+        values = np.asarray(image, np.float64)[np.asarray(label) != 0]
+        if values.size > max_samples:
+            values = rng.choice(values, max_samples, replace=False)
+        samples.append(values)
+    values = np.concatenate(samples) if samples else np.zeros(0)
+    if values.size == 0:
+        raise ValueError("CT normalisation needs foreground voxels (label != 0) in the training cases")
+    low, high = np.percentile(values, [0.5, 99.5])
+    clipped = np.clip(values, low, high)
+    return {"low": float(low), "high": float(high), "mean": float(clipped.mean()), "std": float(clipped.std())}
 
 
 # ---------------------------------------------------------------------------------- patches
