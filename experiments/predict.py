@@ -17,7 +17,10 @@ header, then every input's voxels one volume at a time; volumes are then predict
 Inf intensities, an output path under a file or in a read-only folder, no workdir, a workdir with
 no checkpoint yet) exits with status 2 and a one-line error, before anything is written; an
 all-zero image is predicted with a warning. The sliding windows follow the workdir's
-``config.eval``; ``--tta``/``--notta`` override its ``tta``. Nothing is written in the workdir.
+``config.eval``; ``--tta``/``--notta`` override its ``tta``. A run on an nnU-Net folder predicts in
+its common frame (:mod:`labelset_jax.data.resample`: closest RAS+ axes, ``config.data.spacing``)
+and brings the probabilities back onto each input's grid linearly before the argmax. Nothing is
+written in the workdir.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from labelset_jax import cli, files, train
-from labelset_jax.data import load_nifti, nnunet, save_nifti
+from labelset_jax.data import load_nifti, nnunet, resample, save_nifti
 from labelset_jax.data.nifti import load_header
 from labelset_jax.evaluation import EvalSettings, predict_case
 
@@ -114,14 +117,19 @@ def main(argv):
     progress = cli.Progress(len(cases))
     order = {"channels": list(model.label_space.names),
              "note": "volume k of the 4th axis is the probability of leaf channels[k]"}
+    spacing = model.config.data.get("spacing")  # a run on an nnU-Net folder: its common spacing
     for name, paths in cases:
         volumes = [load_nifti(path)[0] for path in paths]
         image = volumes[0] if channels == 1 else np.stack(volumes, axis=-1)
-        _, affine, header = load_header(paths[0])
-        prediction = predict_case(model, image, settings, progress=progress.windows(name))
-        save_nifti(output / f"{name}.nii.gz", prediction.labels.astype(np.int16), affine, header=header)
+        shape, affine, header = load_header(paths[0])
+        frame = resample.Frame.of(shape, affine, target=spacing) if spacing else None
+        prediction = predict_case(model, image if frame is None else frame.image(image), settings,
+                                  progress=progress.windows(name))
+        probs = prediction.probs if frame is None else frame.restore(prediction.probs)  # linear, then argmax
+        labels = prediction.labels if frame is None else np.argmax(probs, axis=-1)
+        save_nifti(output / f"{name}.nii.gz", labels.astype(np.int16), affine, header=header)
         if _PROBS.value:
-            save_nifti(output / f"{name}_probs.nii.gz", prediction.probs, affine, header=header)
+            save_nifti(output / f"{name}_probs.nii.gz", probs, affine, header=header)
             files.write_json(output / f"{name}_probs.json", order)
         progress.update(name)
     print(f"wrote {sum(len(outputs(name)) for name, _ in cases)} files to {output}")

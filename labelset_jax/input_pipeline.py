@@ -14,7 +14,9 @@ Data sources (``config.data.name``), each giving :class:`~labelset_jax.data.Case
   (:mod:`labelset_jax.data.nnunet`); the label space comes from its ``dataset.json``, the
   validation cases from its split file (fold ``config.data.fold``) or ``config.data.num_val``
   fully annotated cases drawn with ``config.data.split_seed``; ``config.data.sources`` (a merged
-  dataset's source names) keeps only those sources' training cases.
+  dataset's source names) keeps only those sources' training cases. Every case is reoriented to the
+  closest RAS+ axis order and resampled to ``config.data.spacing`` (default: the dataset's median
+  spacing; :mod:`labelset_jax.data.resample`).
 
 The label space of phantoms, FeTA folders and manifests is the fetal-brain space of
 docs/theory.md §4 (FeTA labels are mapped onto it; manifest rows name its protocols).
@@ -37,7 +39,7 @@ import ml_collections
 import numpy as np
 
 from labelset_jax import data as data_lib
-from labelset_jax.data import Case, nnunet, transforms
+from labelset_jax.data import Case, nnunet, resample, transforms
 from labelset_jax.labelsets import FETAL_BRAIN, LabelSpace
 
 VAL_SEED_OFFSET = 100_000  # validation cases never share a seed with training cases
@@ -45,9 +47,14 @@ VAL_SEED_OFFSET = 100_000  # validation cases never share a seed with training c
 
 @dataclasses.dataclass
 class Datasets:
+    """The training and validation cases, their label space, and for an nnU-Net folder the common
+    voxel spacing they were brought to and how many cases were reoriented or resampled."""
+
     train: list[Case]
     val: list[Case]
     label_space: LabelSpace
+    spacing: tuple[float, float, float] | None = None
+    resampled: int = 0
 
 
 def label_space_for(data: ml_collections.ConfigDict) -> LabelSpace:
@@ -71,9 +78,33 @@ def _nnunet_path(data: ml_collections.ConfigDict) -> str:
     return data.path
 
 
-def _nnunet_cases(data: ml_collections.ConfigDict) -> tuple[list[Case], list[Case]]:
-    """The training and validation cases of an nnU-Net dataset folder (every file checked first)."""
+def target_spacing(data: ml_collections.ConfigDict, dataset: nnunet.NnunetDataset) -> tuple[float, float, float]:
+    """``config.data.spacing``, else the median spacing of the dataset's training cases (in the
+    canonical axis order, from the headers)."""
+    if data.get("spacing"):
+        spacing = tuple(float(v) for v in data.spacing)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"config.data.spacing must be 3 positive sizes in mm, got {tuple(data.spacing)}")
+        return spacing
+    return resample.median_spacing([resample.Frame.of(c.shape, c.affine, target=None).spacing
+                                    for c in dataset.training])
+
+
+def to_common_frame(case: Case, spacing: Sequence[float]) -> tuple[Case, bool]:
+    """``case`` reoriented to the closest RAS+ axis order and resampled to ``spacing``
+    (:class:`~labelset_jax.data.resample.Frame`), and whether anything changed."""
+    frame = resample.Frame.of(case.labels.shape, case.affine, target=spacing)
+    if not (frame.needs_resampling or frame.needs_reorienting):
+        return case, False
+    return dataclasses.replace(case, image=frame.image(case.image), labels=frame.labels(case.labels),
+                               spacing=frame.spacing, affine=frame.affine), True
+
+
+def _nnunet_cases(data: ml_collections.ConfigDict) -> tuple[list[Case], list[Case], tuple, int]:
+    """The training and validation cases of an nnU-Net dataset folder (every file checked first),
+    in the common frame; the target spacing and the number of cases changed to reach it."""
     dataset = nnunet.read_dataset(_nnunet_path(data))
+    spacing = target_spacing(data, dataset)
     train, val = dataset.split(fold=int(data.get("fold", 0)), num_val=int(data.get("num_val", -1)),
                                seed=int(data.get("split_seed", 0)))
     sources = list(data.get("sources") or [])  # train on these sources of a merged dataset only
@@ -83,7 +114,16 @@ def _nnunet_cases(data: ml_collections.ConfigDict) -> tuple[list[Case], list[Cas
         if unknown:
             raise ValueError(f"config.data.sources: {dataset.root} has no source {unknown[0]!r} (sources: {known})")
         train = [c for c in train if c.source in sources]
-    return [dataset.load_case(c) for c in train], [dataset.load_case(c) for c in val]
+    changed = 0
+    out = []
+    for group in (train, val):
+        cases = []
+        for c in group:
+            case, moved = to_common_frame(dataset.load_case(c), spacing)
+            cases.append(case)
+            changed += moved
+        out.append(cases)
+    return out[0], out[1], spacing, changed
 
 
 def create_test_cases(data: ml_collections.ConfigDict) -> list[Case]:
@@ -100,7 +140,8 @@ def create_test_cases(data: ml_collections.ConfigDict) -> list[Case]:
     labelled = [case for case in dataset.test if case.label_path is not None]
     if not labelled:
         raise ValueError(f"{dataset.root}: no labelled test case (imagesTs/ images with labelsTs/ label files)")
-    return [dataset.load_case(case) for case in labelled]
+    spacing = target_spacing(data, dataset)
+    return [to_common_frame(dataset.load_case(case), spacing)[0] for case in labelled]
 
 
 def _apply_label_transform(cases: list[Case], transform: str, space: LabelSpace) -> list[Case]:
@@ -173,7 +214,7 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
         train_cases = _synthetic_cases(data, first, data.num_train)
         val_cases = _synthetic_cases(data, first + VAL_SEED_OFFSET, data.num_val)
     elif name == "nnunet":
-        train_cases, val_cases = _nnunet_cases(data)
+        train_cases, val_cases, spacing, resampled = _nnunet_cases(data)
     elif name in ("feta", "manifest"):
         if name == "feta":
             if not data.get("root"):
@@ -193,6 +234,9 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
     else:
         raise ValueError(f"unknown config.data.name {name!r}")
     train_cases = _apply_label_transform(list(train_cases), data.get("label_transform", "none"), space)
+    if name == "nnunet":
+        return Datasets(train=train_cases, val=list(val_cases), label_space=space, spacing=spacing,
+                        resampled=resampled)
     return Datasets(train=train_cases, val=list(val_cases), label_space=space)
 
 

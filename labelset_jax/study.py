@@ -41,6 +41,10 @@ def config_json(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
+#: Config fields the training loop derives from the data and saves with a run.
+DERIVED = ("model.in_channels", "data.spacing", "data.intensity")
+
+
 def load_record(path: str | os.PathLike, config: ml_collections.ConfigDict, case_ids: Sequence[str]) -> dict | None:
     """The record at ``path`` when it is of this config and these test cases, else ``None``."""
     path = Path(path)
@@ -55,9 +59,14 @@ def check_record(path: str | os.PathLike, config: ml_collections.ConfigDict, cas
                  workdir: str | os.PathLike) -> str | None:
     """Why this run cannot go ahead (one line), or ``None``: ``workdir`` or the record at ``path``
     holds a run of another configuration (or the record, of other test cases)."""
+    from labelset_jax.train import flatten_config
+
     previous = Path(workdir) / "config.json"
-    if previous.exists() and json.loads(previous.read_text()) != config_json(config):
-        return f"{workdir} holds a run of another configuration; use a new --runs folder"
+    if previous.exists():
+        saved, expected = flatten_config(json.loads(previous.read_text())), flatten_config(config_json(config))
+        # the training loop adds what it derives from the data (input channels, spacing, CT statistics)
+        if any(saved.get(k) != v for k, v in expected.items()) or set(saved) - set(expected) - set(DERIVED):
+            return f"{workdir} holds a run of another configuration; use a new --runs folder"
     if Path(path).exists() and load_record(path, config, case_ids) is None:
         return f"{path} records a run of another configuration or test set; use a new --results folder"
     return None

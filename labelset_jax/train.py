@@ -102,6 +102,18 @@ def with_input_channels(config: ml_collections.ConfigDict, cases) -> ml_collecti
     return config
 
 
+def with_spacing(config: ml_collections.ConfigDict, datasets) -> ml_collections.ConfigDict:
+    """``config`` with ``data.spacing`` set to the common spacing the cases were brought to (an
+    nnU-Net folder's median spacing when it was not set; a copy, saved with the run so that
+    evaluation and prediction resample new volumes to it)."""
+    if datasets.spacing is None or config.data.get("spacing"):
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.spacing = tuple(datasets.spacing)
+    return config
+
+
 def with_intensity(config: ml_collections.ConfigDict, cases) -> ml_collections.ConfigDict:
     """``config`` with ``data.intensity`` set to the dataset statistics of its CT channels
     (:func:`labelset_jax.input_pipeline.intensity_statistics`; a copy, saved with the run so that
@@ -176,11 +188,16 @@ RESUMABLE_FIELDS = ("num_steps", "eval_every", "checkpoint_every", "log_every", 
 HISTORY_FILE = "config_history.jsonl"
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A config's JSON object as ``{"dotted.field": value}`` (lists are values).
+
+    >>> flatten_config({"a": 1, "b": {"c": [2, 3]}})
+    {'a': 1, 'b.c': [2, 3]}
+    """
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
         for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_config(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: tree}
 
@@ -206,8 +223,8 @@ def check_resume(config: ml_collections.ConfigDict, label_space, workdir: str | 
     workdir = Path(workdir)
     if not has_checkpoint(workdir) or not (workdir / "config.json").exists():
         return {}
-    old = _flatten(json.loads((workdir / "config.json").read_text()))
-    new = _flatten(json.loads(config.to_json_best_effort()))
+    old = flatten_config(json.loads((workdir / "config.json").read_text()))
+    new = flatten_config(json.loads(config.to_json_best_effort()))
     changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     allowed = lambda k: any(k == f or k.startswith(f + ".") for f in RESUMABLE_FIELDS)  # noqa: E731
     fixed = [k for k in changed if not allowed(k)]
@@ -332,6 +349,10 @@ def startup_summary(config: ml_collections.ConfigDict, datasets) -> list[str]:
     spacings = sorted({tuple(round(float(v), 3) for v in case.spacing) for case in datasets.train})
     spacing = (f"{spacings[0]} mm" if len(spacings) == 1 else
                f"{len(spacings)} different, e.g. {spacings[0]} to {spacings[-1]} mm (not resampled)")
+    if datasets.spacing is not None:
+        spacing = (f"{tuple(datasets.spacing)} mm, "
+                   + (f"{datasets.resampled} of {len(datasets.train) + len(datasets.val)} cases reoriented "
+                      f"and/or resampled to it" if datasets.resampled else "no case needed resampling"))
     sets = ", ".join(f"{name}={{{', '.join(space.names[c] for c in members)}}}"
                      for name, members in zip(space.set_names, space.set_members)) or "none"
     lines = [f"training cases: {len(datasets.train)} ({sources})",
@@ -369,6 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     datasets = input_pipeline.create_datasets(config.data, seed=config.seed)
     label_space = datasets.label_space
     config = with_input_channels(config, datasets.train)
+    config = with_spacing(config, datasets)
     config = with_intensity(config, datasets.train)
     loader = input_pipeline.create_loader(config, datasets.train)
     model = create_model(config.model, num_classes=label_space.num_classes, rngs=nnx.Rngs(config.seed))
