@@ -55,9 +55,11 @@ def get_config(arg: str = "leaf_dice") -> ml_collections.ConfigDict:
     config.eval_every = 100
     config.eval.roi_size = (32, 32, 32)
     config.eval.overlap = 0.25
-    # What the driver adds: the data (MNI152 at data_voxel_size mm) and the run seeds.
-    config.study = ml_collections.ConfigDict(dict(
-        voxel_size=4, num_atlases=6, num_lesion=12, num_test=10, seeds=3, data_seed=0))
+    # What the driver adds: the data (MNI152 brains at voxel_size mm: atlases, lesion brains, test
+    # brains) and the run seeds.
+    voxel_size, num_atlases, num_lesion, num_test, seeds = {"cpu": (4, 6, 12, 10, 3), "smoke": (8, 2, 2, 2, 2)}[scale]
+    config.study = ml_collections.ConfigDict(dict(voxel_size=voxel_size, num_atlases=num_atlases,
+                                                  num_lesion=num_lesion, num_test=num_test, seeds=seeds, data_seed=0))
     if scale == "smoke":
         config.num_steps = 2
         config.patch_size = (16, 16, 16)
@@ -66,6 +68,4 @@ def get_config(arg: str = "leaf_dice") -> ml_collections.ConfigDict:
         config.eval_every = 1
         config.eval.roi_size = (16, 16, 16)
         config.data.prefetch = 0
-        config.study = ml_collections.ConfigDict(dict(
-            voxel_size=8, num_atlases=2, num_lesion=2, num_test=2, seeds=2, data_seed=0))
     return config

@@ -8,6 +8,7 @@ import numpy as np
 
 from configs import dataset as dataset_config
 from labelset_jax import input_pipeline, train
+from tests.test_train import tiny
 from labelset_jax.data.nnunet import label_space_from_json, read_dataset, write_dataset
 from labelset_jax.evaluation import EvalSettings, evaluate_cases
 
@@ -33,11 +34,8 @@ def test_region_labels_infer_leaves_and_are_scored_per_region(tmp_path):
     dataset = read_dataset(root)
     assert dataset.space == space and all(c.is_full for c in dataset.training)  # regions are not partial labels
 
-    config = dataset_config.get_config(str(root))
-    config.num_steps, config.checkpoint_every, config.eval_every, config.log_every = 2, 2, 2, 1
-    config.patch_size = config.eval.roi_size = (16, 16, 16)
-    config.model.num_levels, config.model.base_features, config.model.max_features = 2, 4, 8
-    config.data.prefetch, config.data.num_val = 0, 1
+    config = tiny(dataset_config.get_config(str(root)), num_steps=2, checkpoint_every=2)
+    config.data.num_val = 1
     result = train.train_and_evaluate(config, tmp_path / "run")
     assert np.isfinite(result["train/loss"])
     model = train.load_trained(tmp_path / "run")
@@ -77,11 +75,8 @@ def test_ct_channel_is_normalised_with_dataset_statistics_saved_with_the_run(tmp
         cases.append(SimpleNamespace(id=case.id, image=hu.astype(np.float32), labels=case.labels, affine=case.affine))
     root = tmp_path / "Dataset011_CT"
     write_dataset(root, cases, space=space, channel_names=["CT"])
-    config = dataset_config.get_config(str(root))
-    config.num_steps, config.checkpoint_every, config.eval_every, config.log_every = 1, 1, 1, 1
-    config.patch_size = config.eval.roi_size = (16, 16, 16)
-    config.model.num_levels, config.model.base_features, config.model.max_features = 2, 4, 8
-    config.data.prefetch, config.data.num_val = 0, 1
+    config = tiny(dataset_config.get_config(str(root)), num_steps=1, eval_every=1)
+    config.data.num_val = 1
     train.train_and_evaluate(config, tmp_path / "run")
     model = train.load_trained(tmp_path / "run")
     stats = model.config.data.intensity[0]

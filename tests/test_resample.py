@@ -13,6 +13,7 @@ import numpy as np
 
 from configs import dataset as dataset_config
 from labelset_jax import input_pipeline, train
+from tests.test_train import tiny
 from labelset_jax.data import make_phantom
 from labelset_jax.data.nnunet import read_dataset, write_dataset
 from labelset_jax.data.phantoms import rotation_matrix
@@ -59,11 +60,8 @@ def test_dataset_with_mixed_spacing_trains_in_one_frame_and_predicts_on_each_inp
         cases.append(SimpleNamespace(id=f"c{i}", image=image, labels=labels, affine=affine))
     root = tmp_path / "Dataset012_Mixed"
     write_dataset(root, cases, space=space, channel_names=["T1"])
-    config = dataset_config.get_config(str(root))
-    config.num_steps, config.checkpoint_every, config.eval_every, config.log_every = 1, 1, 0, 1
-    config.patch_size = config.eval.roi_size = (16, 16, 16)
-    config.model.num_levels, config.model.base_features, config.model.max_features = 2, 4, 8
-    config.data.prefetch, config.data.num_val = 0, 0
+    config = tiny(dataset_config.get_config(str(root)), num_steps=1, eval_every=0)
+    config.data.num_val = 0
     datasets = input_pipeline.create_datasets(config.data, seed=0)
     assert datasets.spacing == (2.0, 2.0, 2.0) and datasets.resampled == 2  # the median; two cases moved
     assert all(np.allclose(c.spacing, 2.0, atol=0.2) for c in datasets.train)
