@@ -30,7 +30,7 @@ import numpy as np
 
 from labelset_jax.data import Case, normalize_image
 from labelset_jax.inference import predict_volume
-from labelset_jax.labelsets import FETAL_BRAIN_PROTOCOLS, AnnotationProtocol, LabelSpace
+from labelset_jax.labelsets import LabelSpace
 from labelset_jax.metrics import bootstrap_ci, dice_score, evaluate_case, hausdorff95, volume_error
 
 __all__ = ["EvalSettings", "TrainedModel", "Prediction", "predict_case", "score_case", "evaluate_cases",
@@ -137,30 +137,18 @@ def predict_case(models: TrainedModel | Sequence[TrainedModel], image: np.ndarra
     return Prediction(np.asarray(probs[0]), np.asarray(labels[0]))
 
 
-def _annotated(case: Case, space: LabelSpace, protocols: Mapping[str, AnnotationProtocol]) -> Sequence[int]:
-    if "annotated" in case.metadata:  # known per case (nnU-Net datasets: from the label sets it uses)
-        return tuple(case.metadata["annotated"])
-    protocol = protocols.get(case.protocol)
-    if protocol is not None and protocol.space.num_classes == space.num_classes:
-        return protocol.annotated
-    return range(space.num_classes)
-
-
-def score_case(case: Case, prediction: Prediction, label_space: LabelSpace, *,
-               protocols: Mapping[str, AnnotationProtocol] = FETAL_BRAIN_PROTOCOLS, hd95: bool = True,
+def score_case(case: Case, prediction: Prediction, label_space: LabelSpace, *, hd95: bool = True,
                include_background: bool = False) -> dict[str, Any]:
     """Scores one prediction against the case's labels.
 
-    A case under a partial protocol (``case.protocol`` in ``protocols``, of this label space's
-    leaves, or the leaves listed in ``case.metadata["annotated"]``) is scored only on the leaves
-    it annotates (docs/theory.md §3); the other tissues are NaN. Voxels holding the ignore label
+    A partially annotated case (``case.annotated``, the leaves its labels delineate) is scored only
+    on the leaves it annotates (docs/theory.md §3); the other tissues are NaN. Voxels holding the ignore label
     are left out (counted as background in both maps, so only a background score sees them).
 
     Args:
       case: the case with its ground truth.
       prediction: from :func:`predict_case`.
       label_space: the leaves and their names.
-      protocols: the annotation protocols by name.
       hd95: also compute the HD95 (the costly metric).
       include_background: also score leaf 0 (Dice and HD95).
 
@@ -173,7 +161,7 @@ def score_case(case: Case, prediction: Prediction, label_space: LabelSpace, *,
       dataset (``case.metadata["source"]``).
     """
     space = label_space
-    annotated = _annotated(case, space, protocols)
+    annotated = range(space.num_classes) if case.annotated is None else case.annotated
     labels = case.labels
     if space.ignore_id is not None and np.any(labels == space.ignore_id):
         # voxels of unknown label are left out, as nnU-Net does: background in truth and prediction

@@ -151,7 +151,7 @@ def _apply_label_transform(cases: list[Case], transform: str, space: LabelSpace)
         return [dataclasses.replace(c, labels=np.where(c.labels >= space.num_classes, 0, c.labels).astype(np.int32))
                 for c in cases]
     if transform == "full_only":
-        kept = [c for c in cases if c.protocol == "full"]
+        kept = [c for c in cases if c.is_full]
         if not kept:
             raise ValueError("config.data.label_transform='full_only' but no training case is fully segmented")
         return kept
@@ -229,8 +229,14 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
         if len(cases) <= num_val:
             raise ValueError(f"{len(cases)} cases found, need more than config.data.num_val={num_val}")
         order = np.random.default_rng(seed).permutation(len(cases))
-        val_cases = [cases[i] for i in order[:num_val] if cases[i].protocol == "full"]
-        train_cases = [cases[i] for i in order[num_val:]]
+        # validation on fully segmented cases only (drawn from them, none dropped)
+        full = [i for i in order if cases[i].is_full]
+        if len(full) < num_val:
+            raise ValueError(f"{num_val} validation case(s) requested but only {len(full)} case(s) are fully "
+                             f"segmented; lower config.data.num_val")
+        chosen = set(full[:num_val])
+        val_cases = [cases[i] for i in order if i in chosen]
+        train_cases = [cases[i] for i in order if i not in chosen]
     else:
         raise ValueError(f"unknown config.data.name {name!r}")
     train_cases = _apply_label_transform(list(train_cases), data.get("label_transform", "none"), space)

@@ -341,7 +341,7 @@ def startup_summary(config: ml_collections.ConfigDict, datasets) -> list[str]:
     space = datasets.label_space
     by_source: dict[str, list[int]] = {}
     for case in datasets.train:
-        full = case.protocol == "full"
+        full = case.is_full
         counts = by_source.setdefault(str(case.metadata.get("source", "") or config.data.name), [0, 0])
         counts[0 if full else 1] += 1
     sources = "; ".join(f"{name}: {full} fully, {partial} partially annotated"

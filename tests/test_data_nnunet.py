@@ -416,7 +416,7 @@ def test_cases_are_scored_only_on_what_they_annotate(mni_dataset):
     # WM only: CSF and GM are not scored, and what is predicted inside the set voxels among CSF/GM
     # changes nothing
     wm_only = dataset.load_case("mni_002")
-    assert wm_only.protocol == "background+wm" and wm_only.metadata["annotated"] == (0, 3)
+    assert wm_only.protocol == "background+wm" and wm_only.annotated == (0, 3)
     full = mni_tissue_case(2, voxel_size=8).labels
     pred = np.where(rng.random(full.shape) < 0.8, full, rng.integers(0, 4, full.shape)).astype(np.int32)
     swapped = np.where(np.isin(pred, [1, 2]) & (wm_only.labels == 4), 3 - pred, pred)
@@ -426,7 +426,7 @@ def test_cases_are_scored_only_on_what_they_annotate(mni_dataset):
     assert row == pytest.approx(row_swapped, nan_ok=True)
     # the ignore label: voxels of unknown label are left out, whatever is predicted there
     ignore = dataset.load_case(WITH_IGNORE)
-    assert ignore.protocol == "all+ignore" and ignore.metadata["annotated"] == (0, 1, 2, 3)
+    assert ignore.protocol == "all+ignore" and ignore.annotated == (0, 1, 2, 3)
     truth = np.where(ignore.labels == 5, 0, ignore.labels)
     other = np.where(ignore.labels == 5, rng.integers(0, 4, truth.shape), truth).astype(np.int32)
     row = score_case(ignore, prediction(other), dataset.space)

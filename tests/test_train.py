@@ -48,6 +48,8 @@ def tiny(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Confi
         data.shape = (32, 32, 32)
         data.protocols = {name: 1 for name in data.protocols}
         data.num_val = 1
+        if "val_abnormal" in data:
+            data.val_abnormal = min(int(data.val_abnormal), 1)
     elif data.name == "synthetic":
         data.shape = (16, 16, 16)
         data.num_train, data.num_val = 2, 1

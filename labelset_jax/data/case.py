@@ -32,12 +32,16 @@ class Case:
         (e.g. T1 and T2 of one subject, co-registered).
       labels: int ``[D, H, W]`` label ids (leaves, and set ids under a partial protocol).
       spacing: voxel size in mm.
-      protocol: the name of the annotation protocol the labels follow (``"full"``: every leaf).
+      protocol: a name for how the labels were annotated (``"full"``: every leaf), for reports.
       affine: voxel-to-world ``[4, 4]``; default a diagonal one centred on the volume.
       full_labels: the full segmentation when known (phantom cohorts), else ``None``.
       metadata: quantities a data source knows exactly, by name: ``"q"`` (synthetic cases, the
         foreground probability of each voxel, float ``[D, H, W]``), ``"probs"`` (MNI tissue cases,
-        the class probabilities the labels were drawn from, float ``[D, H, W, C]``).
+        the class probabilities the labels were drawn from, float ``[D, H, W, C]``), ``"source"``
+        (a merged dataset's source of the case).
+      annotated: the leaves the labels delineate, sorted; ``None`` for a full segmentation (every
+        leaf). Every data source sets it (from the protocol, or from the label sets a label map
+        uses); the loader's sampling and the evaluation read it.
 
     >>> case = Case("a", np.zeros((2, 3, 4)), np.zeros((2, 3, 4), np.int32), (1, 1, 2))
     >>> case.spacing, case.protocol, case.affine[:3, 3].tolist(), case.voxel_ml
@@ -52,6 +56,7 @@ class Case:
     affine: np.ndarray | None = None
     full_labels: np.ndarray | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    annotated: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if not _SAFE_ID.match(self.id):
@@ -65,6 +70,13 @@ class Case:
             raise ValueError(f"case {self.id}: spacing must have 3 entries, got {self.spacing}")
         if self.affine is None:
             object.__setattr__(self, "affine", phantom_affine(np.shape(self.labels), self.spacing))
+        if self.annotated is not None:
+            object.__setattr__(self, "annotated", tuple(sorted(int(c) for c in self.annotated)))
+
+    @property
+    def is_full(self) -> bool:
+        """Whether the labels are a full segmentation (no label set, no ignore label)."""
+        return self.annotated is None
 
     @property
     def num_channels(self) -> int:

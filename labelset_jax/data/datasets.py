@@ -143,7 +143,8 @@ class CaseFile:
             full, full_affine, _ = load_labels(self.full_label_path, canonical=canonical, space=protocol.space)
             if full.shape != labels.shape or np.max(np.abs(full_affine - affine)) > atol:
                 raise ValueError(f"{self.full_label_path}: shape or affine differs from {self.label_path}")
-        return Case(self.id, image, labels, spacing, self.protocol, affine, full)
+        return Case(self.id, image, labels, spacing, self.protocol, affine, full,
+                    annotated=None if protocol.is_full else protocol.annotated)
 
 
 def _map_labels(labels: np.ndarray, mapping: Mapping[int, int], *, what: str) -> np.ndarray:
@@ -260,8 +261,9 @@ def phantom_cohort(
         image, full = make_phantom(seed, shape=shape, spacing=spacing, ventriculomegaly=sick, small_cerebellum=sick)
         labels = protocol_table[name].apply(full)
         affine = phantom_affine(shape, spacing)
+        protocol = protocol_table[name]
         cases.append(Case(f"phantom_{seed:04d}", image, labels, spacing, name, affine, full if keep_full else None,
-                          metadata={"abnormal": sick}))
+                          metadata={"abnormal": sick}, annotated=None if protocol.is_full else protocol.annotated))
     spaces = {protocol_table[n].space for n in names}
     space = max(spaces, key=lambda s: s.num_ids) if spaces else FETAL_BRAIN
     return Cohort(cases, space)

@@ -8,7 +8,7 @@ Batch ``b`` is a pure function of ``(seed, b)``:
 * sample ``j`` of batch ``b`` is augmented with its own ``Generator`` seeded by
   ``SeedSequence([seed, 1, b, j])``;
 * with ``full_fraction = f``, the stream alternates between two sub-streams instead: position
-  ``n`` is a fully annotated case (protocol ``"full"``) iff ``⌊(n+1)f⌋ > ⌊nf⌋``, so a fraction
+  ``n`` is a fully annotated case (``Case.is_full``) iff ``⌊(n+1)f⌋ > ⌊nf⌋``, so a fraction
   ``f`` of every run of positions is (to within one); each sub-stream runs through its own
   epochs of permutations (``SeedSequence([seed, 0, epoch, 1])`` for the full cases,
   ``[seed, 0, epoch, 2]`` for the others). With a batch of 2 and ``f = 1/2``, every batch holds
@@ -94,8 +94,8 @@ class Loader:
       intensity: per-channel dataset statistics for :func:`~labelset_jax.data.transforms.normalize_image`
         (CT channels), or ``None``.
       space: when given, every label map is checked to hold ids of this label space.
-      full_fraction: the fraction of the samples drawn from the fully annotated cases (protocol
-        ``"full"``), the others from the rest; ``None`` (default) samples all cases uniformly.
+      full_fraction: the fraction of the samples drawn from the fully annotated cases
+        (``Case.is_full``), the others from the rest; ``None`` (default) samples all cases uniformly.
         Ignored when either group is empty.
 
     Raises:
@@ -163,8 +163,8 @@ class Loader:
             self._labels.append(labels)
             self._fg.append(foreground_index(labels, seed=k) if foreground_prob > 0 else None)
 
-        full = [k for k, case in enumerate(cases) if case.protocol == "full"]
-        rest = [k for k, case in enumerate(cases) if case.protocol != "full"]
+        full = [k for k, case in enumerate(cases) if case.is_full]
+        rest = [k for k, case in enumerate(cases) if not case.is_full]
         self.full_fraction = None if full_fraction is None or not (full and rest) else float(full_fraction)
         self._groups = (np.array(full), np.array(rest))
         self._permutations: dict[tuple[int, int], np.ndarray] = {}  # (epoch, group) -> order (a small cache)

@@ -41,7 +41,7 @@ with one line naming the file, field or value.
 validation cases from the fully annotated cases with a seeded generator.
 
 **Use.** :meth:`NnunetDataset.load_case` gives a labelled case as the library's
-:class:`~labelset_jax.data.Case` (``metadata["annotated"]`` holds its annotated leaves, which the
+:class:`~labelset_jax.data.Case` (``Case.annotated`` holds its annotated leaves, which the
 evaluation honours); :meth:`NnunetDataset.load` gives the arrays, channels last.
 :func:`read_label_space` reads the label space alone, :func:`label_space_to_json` writes one in
 ``dataset.json``'s notation (a training run saves its space so), and :func:`write_dataset` writes
@@ -374,8 +374,8 @@ class NnunetDataset:
         """Loads a labelled case as the library's :class:`~labelset_jax.data.Case` (image
         ``[D, H, W]`` for one channel, ``[D, H, W, K]`` for ``K``).
 
-        ``protocol`` is :meth:`protocol_name`; ``metadata["annotated"]`` holds the leaves the
-        case is scored on.
+        ``protocol`` is :meth:`protocol_name`; ``annotated`` holds the leaves the case is scored on
+        (``None`` when fully annotated); ``metadata["source"]`` a merged dataset's source.
 
         Raises:
           DatasetError: the case has no label file, or any error of :meth:`load`.
@@ -385,11 +385,9 @@ class NnunetDataset:
         if case.label_path is None:
             raise DatasetError(f"{case.image_paths[0]}: case {case.id!r} has no label file")
         image, labels, affine, spacing = self.load(case)
-        metadata = {"annotated": case.annotated}
-        if case.source:
-            metadata["source"] = case.source
         return Case(case.id, image[..., 0] if self.num_channels == 1 else image, labels, spacing,
-                    self.protocol_name(case), affine, metadata=metadata)
+                    self.protocol_name(case), affine, metadata={"source": case.source} if case.source else {},
+                    annotated=None if case.is_full else case.annotated)
 
 
 # ---------------------------------------------------------------------------------- reading
