@@ -55,6 +55,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     field the config does not have (``--config.num_stepz=3``), and a config file that cannot be
     loaded (``--config=configs/missing.py``).
     """
+    if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
+        _config_help(argv)  # the config's fields too, before absl prints its flags and exits
     try:
         remaining = flags.FLAGS(argv)
     except flags.Error as e:
@@ -76,6 +78,34 @@ def parse_flags(argv: list[str]) -> list[str]:
         if isinstance(error, OSError):
             fail(f"--{name}: cannot load the config file: {_one_line(str(error).strip().splitlines()[-1])}")
     return remaining
+
+
+def _config_help(argv: list[str]) -> None:
+    """With ``--help`` and a ``--config=FILE[:ARG]``: prints every field of that config with its
+    default (``--config.<field>=<value>`` overrides any of them)."""
+    config_arg = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    if config_arg is None:
+        return
+    import importlib.util
+
+    path, _, arg = config_arg.partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("_config_for_help", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # noqa: BLE001 - help must not fail on a bad config
+        print(f"(cannot load {config_arg} to list its fields: {_one_line(e)})")
+        return
+    import json
+
+    from labelset_jax.train import flatten_config
+
+    fields = flatten_config(json.loads(config.to_json_best_effort()))
+    print(f"Fields of --config={config_arg} (override with --config.<field>=<value>):")
+    for name, value in fields.items():
+        print(f"  --config.{name}={json.dumps(value)}")
+    print()
 
 
 def check_output_folder(path, *, what: str = "--output") -> None:

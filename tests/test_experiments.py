@@ -61,6 +61,13 @@ def test_main_runs_one_step_and_writes_the_report(tmp_path):
     assert f"python -m experiments.evaluate --workdir={tmp_path}" in out.stdout
 
 
+def test_main_help_lists_the_config_fields_and_defaults():
+    out = run("experiments.main", "--config=configs/default.py", "--help")
+    assert out.returncode == 0
+    assert "--config.num_steps=400" in out.stdout and '--config.loss="leaf_dice"' in out.stdout
+    assert "--workdir" in out.stdout  # and absl's flags after them
+
+
 def test_main_rejects_a_bad_config_with_exit_code_2(tmp_path):
     out = run("experiments.main", "--config=configs/default.py", f"--workdir={tmp_path}", "--config.loss=dice")
     assert out.returncode == 2 and "unknown loss 'dice'" in out.stderr
