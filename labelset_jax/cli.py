@@ -56,7 +56,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     loaded (``--config=configs/missing.py``).
     """
     if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
-        _config_help(argv)  # the config's fields too, before absl prints its flags and exits
+        from absl import app
+
+        _config_help(argv)  # the config's fields, then the module's usage and flags; exit status 0
+        app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
     try:
         remaining = flags.FLAGS(argv)
     except flags.Error as e:
