@@ -100,9 +100,11 @@ def to_common_frame(case: Case, spacing: Sequence[float]) -> tuple[Case, bool]:
                                spacing=frame.spacing, affine=frame.affine), True
 
 
-def _nnunet_cases(data: ml_collections.ConfigDict) -> tuple[list[Case], list[Case], tuple, int]:
-    """The training and validation cases of an nnU-Net dataset folder (every file checked first),
-    in the common frame; the target spacing and the number of cases changed to reach it."""
+def _nnunet_cases(data: ml_collections.ConfigDict, *, train: bool = True) -> tuple[list[Case], list[Case], tuple, int]:
+    """The training (unless ``train=False``) and validation cases of an nnU-Net dataset folder
+    (every file checked first), in the common frame; the target spacing and the number of cases
+    changed to reach it."""
+    load_train = train
     dataset = nnunet.read_dataset(_nnunet_path(data))
     spacing = target_spacing(data, dataset)
     train, val = dataset.split(fold=int(data.get("fold", 0)), num_val=int(data.get("num_val", -1)),
@@ -116,7 +118,7 @@ def _nnunet_cases(data: ml_collections.ConfigDict) -> tuple[list[Case], list[Cas
         train = [c for c in train if c.source in sources]
     changed = 0
     out = []
-    for group in (train, val):
+    for group in (train if load_train else [], val):
         cases = []
         for c in group:
             case, moved = to_common_frame(dataset.load_case(c), spacing)
@@ -173,8 +175,11 @@ def _synthetic_cases(data: ml_collections.ConfigDict, first_seed: int, count: in
     return [_GENERATORS[data.generator](first_seed + i, shape=tuple(data.shape), **kwargs) for i in range(count)]
 
 
-def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
+def create_datasets(data: ml_collections.ConfigDict, *, seed: int, train: bool = True) -> Datasets:
     """Builds the training and validation cases of ``config.data``.
+
+    With ``train=False`` only the validation cases are built (``Datasets.train`` is empty): what
+    evaluation and the run report score, without reading or generating the training set.
 
     The generated cases (phantoms, MNI, synthetic) are a function of ``config.data.seed`` when it
     is set (a data seed, so that runs with different ``seed`` share their data), else of ``seed``.
@@ -197,7 +202,7 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
         abnormal = {name: int(np.floor(fraction * int(n) + 0.5)) for name, n in dict(data.protocols).items()
                     if name != "full"}
         train_cases = data_lib.phantom_cohort(dict(data.protocols), first_seed=first, shape=shape,
-                                              abnormal=abnormal).cases
+                                              abnormal=abnormal).cases if train else []
         val_first = first + VAL_SEED_OFFSET
         val_abnormal = int(data.get("val_abnormal") or 0)  # the last ones of the validation phantoms
         if not 0 <= val_abnormal <= int(data.num_val):
@@ -208,13 +213,13 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
         kwargs = dict(voxel_size=data.get("voxel_size", 2))
         if data.get("shape"):
             kwargs["shape"] = tuple(data.shape)
-        train_cases = data_lib.mni_cohort(data.num_train, first_seed=first, **kwargs)
+        train_cases = data_lib.mni_cohort(data.num_train, first_seed=first, **kwargs) if train else []
         val_cases = data_lib.mni_cohort(data.num_val, first_seed=first + VAL_SEED_OFFSET, **kwargs)
     elif name == "synthetic":
-        train_cases = _synthetic_cases(data, first, data.num_train)
+        train_cases = _synthetic_cases(data, first, data.num_train) if train else []
         val_cases = _synthetic_cases(data, first + VAL_SEED_OFFSET, data.num_val)
     elif name == "nnunet":
-        train_cases, val_cases, spacing, resampled = _nnunet_cases(data)
+        train_cases, val_cases, spacing, resampled = _nnunet_cases(data, train=train)
     elif name in ("feta", "manifest"):
         if name == "feta":
             if not data.get("root"):
@@ -224,22 +229,22 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int) -> Datasets:
             if not data.get("manifest"):
                 raise ValueError("config.data.manifest must name a CSV manifest")
             files = data_lib.read_manifest(data.manifest)
-        cases = data_lib.load_cases(files)
         num_val = int(data.num_val)
-        if len(cases) <= num_val:
-            raise ValueError(f"{len(cases)} cases found, need more than config.data.num_val={num_val}")
-        order = np.random.default_rng(seed).permutation(len(cases))
-        # validation on fully segmented cases only (drawn from them, none dropped)
-        full = [i for i in order if cases[i].is_full]
+        if len(files) <= num_val:
+            raise ValueError(f"{len(files)} cases found, need more than config.data.num_val={num_val}")
+        order = np.random.default_rng(seed).permutation(len(files))
+        # validation on fully segmented cases only (drawn from them by their protocol, none dropped)
+        full = [i for i in order if files[i].protocol == "full"]
         if len(full) < num_val:
             raise ValueError(f"{num_val} validation case(s) requested but only {len(full)} case(s) are fully "
                              f"segmented; lower config.data.num_val")
         chosen = set(full[:num_val])
-        val_cases = [cases[i] for i in order if i in chosen]
-        train_cases = [cases[i] for i in order if i not in chosen]
+        val_cases = data_lib.load_cases([files[i] for i in order if i in chosen]) if chosen else []
+        train_cases = data_lib.load_cases([files[i] for i in order if i not in chosen]) if train else []
     else:
         raise ValueError(f"unknown config.data.name {name!r}")
-    train_cases = _apply_label_transform(list(train_cases), data.get("label_transform", "none"), space)
+    if train:
+        train_cases = _apply_label_transform(list(train_cases), data.get("label_transform", "none"), space)
     if name == "nnunet":
         return Datasets(train=train_cases, val=list(val_cases), label_space=space, spacing=spacing,
                         resampled=resampled)

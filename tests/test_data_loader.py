@@ -200,3 +200,15 @@ def test_full_fraction_none_keeps_uniform_sampling_and_bad_values_fail(cases):
     assert one_group.full_fraction is None  # one group: nothing to balance
     with pytest.raises(ValueError, match="full_fraction"):
         Loader(cases, batch_size=2, patch_size=PATCH, seed=3, full_fraction=1.5)
+
+
+def test_validation_only_builds_no_training_case():
+    from configs import partial_supervision
+    from labelset_jax import input_pipeline
+
+    data = partial_supervision.get_config("full_only,smoke").data
+    both = input_pipeline.create_datasets(data, seed=0)
+    only = input_pipeline.create_datasets(data, seed=0, train=False)
+    assert only.train == [] and both.train
+    assert [c.id for c in only.val] == [c.id for c in both.val]
+    assert all(np.array_equal(a.labels, b.labels) for a, b in zip(only.val, both.val))
