@@ -248,3 +248,14 @@ def test_merge_study_smoke_runs_scores_and_resumes(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "experiments.merge_study", *args[:-1], "--methods=bogus",
                           f"--results={tmp_path / 'r2'}"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown method" in bad.stderr and not (tmp_path / "r2").exists()
+
+
+def test_regions_stay_regions_after_merging():
+    from labelset_jax.data.nnunet import label_space_from_json
+
+    brats = label_space_from_json({"labels": {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3],
+                                              "enhancing_tumor": 3}})
+    tissues = LabelSpace.leaves(["background", "csf", "gm", "wm"])
+    space = plan_merge({"brats": brats, "atlas": tissues}).space
+    assert sorted(space.name_of(i) for i in space.region_ids) == ["tumor_core", "whole_tumor"]
+    assert space.leaves_of(space.id_of("tumor_core")) == (2, 3)

@@ -13,8 +13,9 @@ lesion". In the label-set view (docs/theory.md §1) the merge is exact:
   leaf 0, or one of its label sets with the background in it) becomes the label set of that id's
   leaves *plus* every merged leaf the source does not declare, e.g. B's background becomes
   ``background_in_B = {background, csf, gm, wm}``. Its other leaves stay leaves.
-* The sources' own label sets keep their names and members (mapped onto the merged leaves);
-  the ignore label stays the ignore label (the set of all merged leaves).
+* The sources' own label sets keep their names and members (mapped onto the merged leaves), and
+  nnU-Net regions stay regions (scored as the union of their leaves); the ignore label stays the
+  ignore label (the set of all merged leaves).
 * **Conflicts stop the merge** with one line: one name that is a leaf in one source and a label
   set in another, a label set whose members differ between sources, two leaves of one source
   renamed to one name, or sources whose leaf 0 (the background) has different names.
@@ -146,6 +147,7 @@ def plan_merge(spaces: Mapping[str, LabelSpace], renames: Sequence[tuple[str, st
 
     sets: dict[frozenset[int], str] = {}  # merged label sets, in creation order
     named: dict[str, frozenset[int]] = {}
+    regions: set[frozenset[int]] = set()  # sets that are nnU-Net regions in their source
     lookups: dict[str, list] = {}
     for source, space in spaces.items():
         hidden = everything - {index[n] for n in leaf_names[source]}  # leaves the source does not declare
@@ -180,6 +182,8 @@ def plan_merge(spaces: Mapping[str, LabelSpace], renames: Sequence[tuple[str, st
                     name = f"{name}_{source}"
                 sets[members] = name
                 named[name] = members
+            if label_id in space.region_ids:
+                regions.add(members)
             entries.append(members)
         lookups[source] = entries
 
@@ -196,6 +200,7 @@ def plan_merge(spaces: Mapping[str, LabelSpace], renames: Sequence[tuple[str, st
     try:
         space = LabelSpace.from_superset_map(num_classes, superset, merged, set_names=set_name_of,
                                              ignore_id=ignore_id)
+        space = dataclasses.replace(space, region_ids=tuple(sorted(ids[m] for m in regions)))
     except ValueError as e:
         raise DatasetError(f"merged label space: {e}") from e
     lookup = {}
