@@ -596,3 +596,26 @@ def test_losses_module_imports_only_jax_and_numpy():
         "print(bad); assert not bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", sorted(losses.LABEL_SET_LOSSES) + ["soft_target_dice"])
+def test_reductions_over_the_batch(name):
+    logits, labels = random_case(3)
+    loss = losses.get_loss(name)
+    per_sample = loss(logits, labels, label_space=SPACE, reduction="none")
+    assert per_sample.shape == (logits.shape[0],)
+    np.testing.assert_allclose(loss(logits, labels, label_space=SPACE, reduction="sum"), per_sample.sum(), rtol=1e-6)
+    np.testing.assert_allclose(loss(logits, labels, label_space=SPACE), per_sample.mean(), rtol=1e-6)
+    with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none', got 'max'"):
+        loss(logits, labels, label_space=SPACE, reduction="max")
+
+
+def test_marginalized_losses_require_the_label_space_in_their_signature():
+    import inspect
+
+    signature = inspect.signature(losses.marginal_focal)
+    assert list(signature.parameters)[:3] == ["logits", "labels", "label_space"]
+    assert signature.parameters["label_space"].default is inspect.Parameter.empty  # required
+    assert signature.parameters["gamma"].default == 2.0 and signature.parameters["reduction"].default == "mean"
+    with pytest.raises(TypeError, match="label_space"):
+        losses.marginal_focal(*random_case(0))

@@ -2,8 +2,11 @@
 
 Pure functions of channels-last logits ``[B, *spatial, C]`` and integer label ids ``[B, *spatial]``
 (leaves ``0..C-1`` and label-set ids ``>= C`` of a :class:`~labelset_jax.labelsets.LabelSpace`),
-compatible with ``jax.jit``, ``jax.vmap`` and ``jax.grad``. Options are keyword-only;
-``reduction="mean"`` returns the batch mean and ``"none"`` the ``[B]`` per-sample losses.
+compatible with ``jax.jit``, ``jax.vmap`` and ``jax.grad``. Options are keyword-only. Every loss
+is first a per-sample value (a mean over that sample's voxels, or a Dice over them); ``reduction``
+then acts over the batch: ``"mean"`` (default; MONAI's and PyTorch's default), ``"sum"``, or
+``"none"`` for the ``[B]`` per-sample losses (optax's losses return unreduced values and leave the
+reduction to the caller: ``"none"`` is that form).
 
 This package imports only ``jax`` and ``numpy``.
 

@@ -86,16 +86,22 @@ def is_soft(logits: Array, targets: Array) -> bool:
     return jnp.issubdtype(targets.dtype, jnp.floating) and targets.ndim == logits.ndim
 
 
+REDUCTIONS = ("mean", "sum", "none")
+
+
 def check_reduction(reduction: str, *, fn: str) -> None:
-    """Raises unless ``reduction`` is ``"mean"`` or ``"none"`` (called before any work)."""
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"{fn}: reduction must be 'mean' or 'none', got {reduction!r}")
+    """Raises unless ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"`` (called before any work)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
 def reduce_loss(per_sample: Array, reduction: str, *, fn: str) -> Array:
-    """``"mean"``: the batch mean (a scalar); ``"none"``: the ``[B]`` per-sample losses."""
+    """Over the batch of per-sample losses: ``"mean"`` (a scalar, as MONAI's and torch's default),
+    ``"sum"`` (a scalar) or ``"none"`` (the ``[B]`` values, what an optax loss returns unreduced)."""
     check_reduction(reduction, fn=fn)
-    return jnp.mean(per_sample) if reduction == "mean" else per_sample
+    if reduction == "none":
+        return per_sample
+    return jnp.mean(per_sample) if reduction == "mean" else jnp.sum(per_sample)
 
 
 def flatten_spatial(x: Array, *, channels: bool) -> Array:

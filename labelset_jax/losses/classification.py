@@ -46,7 +46,7 @@ def cross_entropy(
       labels: integer leaf ids ``[B, *spatial]``, or soft targets ``[B, *spatial, C]``.
       label_space: optional; with integer labels, concrete (non-traced) labels holding label-set
         ids are rejected with a ``ValueError`` (use a label-set loss for partial segmentations).
-      reduction: ``"mean"`` (scalar batch mean) or ``"none"`` (``[B]``).
+      reduction: ``"mean"`` (scalar batch mean), ``"sum"`` or ``"none"`` (``[B]``).
 
     Returns:
       The loss, a scalar or ``[B]``.
@@ -88,7 +88,7 @@ def focal(
       gamma: focusing parameter ``γ >= 0``.
       alpha: optional per-class weights ``[C]``.
       label_space: as in :func:`cross_entropy`.
-      reduction: ``"mean"`` or ``"none"``.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"`` (over the batch).
 
     Returns:
       The loss, a scalar or ``[B]``.

@@ -29,7 +29,7 @@ def dice_ce(
       labels: integer leaf ids ``[B, *spatial]`` or soft targets ``[B, *spatial, C]``.
       label_space: as in :func:`~labelset_jax.losses.soft_dice`.
       dice_weight, ce_weight: the weights of the two terms.
-      reduction: ``"mean"`` or ``"none"``.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"`` (over the batch).
       **dice_options: options of :func:`~labelset_jax.losses.soft_dice` (``squared``, ``eps``, ...).
 
     Returns:
@@ -69,7 +69,7 @@ def leaf_dice_ce(
       labels: integer label ids ``[B, *spatial]`` (leaves and set ids).
       label_space: the :class:`~labelset_jax.labelsets.LabelSpace`.
       dice_weight, ce_weight: the weights of the two terms.
-      reduction: ``"mean"`` or ``"none"``.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"`` (over the batch).
       **dice_options: options of :func:`~labelset_jax.losses.leaf_dice`.
 
     Returns:

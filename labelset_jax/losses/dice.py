@@ -253,7 +253,7 @@ def soft_dice(
       batch_dice: sum over the whole batch before dividing (nnU-Net's batch Dice); the single
         batch loss is then returned for every sample with ``reduction="none"``.
       class_weights: optional static per-class weights ``[C]`` of the mean over classes.
-      reduction: ``"mean"`` or ``"none"``.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"`` (over the batch).
 
     Returns:
       The loss, a scalar or ``[B]``.

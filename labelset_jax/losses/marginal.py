@@ -21,6 +21,7 @@ plus a constant).
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -55,7 +56,7 @@ def marginal_cross_entropy(
       logits: ``[B, *spatial, C]``.
       labels: integer label ids ``[B, *spatial]`` (leaves and set ids of ``label_space``).
       label_space: the :class:`~labelset_jax.labelsets.LabelSpace`.
-      reduction: ``"mean"`` or ``"none"``.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"`` (over the batch).
 
     Returns:
       The loss, a scalar or ``[B]``.
@@ -174,7 +175,6 @@ def marginalize(loss: Callable[..., Array]) -> Callable[..., Array]:
     """
     name = getattr(loss, "__name__", type(loss).__name__)
 
-    @functools.wraps(loss)
     def marginal_loss(logits, labels, *, label_space: LabelSpace, reduction: str = "mean", **options):
         label_space = _common.check_inputs(logits, labels, label_space, fn=f"marginalize({name})",
                                            allow_sets=True)
@@ -187,7 +187,24 @@ def marginalize(loss: Callable[..., Array]) -> Callable[..., Array]:
 
     marginal_loss.__name__ = marginal_loss.__qualname__ = f"marginal_{name}"
     marginal_loss.__doc__ = f"The marginalization of ``{name}`` (see :func:`marginalize`)."
+    marginal_loss.__signature__ = _marginal_signature(loss)
     return marginal_loss
+
+
+def _marginal_signature(loss: Callable[..., Array]) -> inspect.Signature:
+    """``(logits, labels, *, label_space, <the loss's options>, reduction="mean")``: the label space
+    is required, the loss's own options (``gamma``, ...) keep their defaults."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("logits", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Array),
+              inspect.Parameter("labels", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Array),
+              inspect.Parameter("label_space", kw, annotation=LabelSpace)]
+    try:
+        options = [p for p in inspect.signature(loss).parameters.values()
+                   if p.kind is kw and p.name not in ("label_space", "reduction")]
+    except (TypeError, ValueError):  # a callable without a signature: options are **kwargs
+        options = []
+    params += options + [inspect.Parameter("reduction", kw, default="mean", annotation=str)]
+    return inspect.Signature(params, return_annotation=Array)
 
 
 marginal_focal = marginalize(focal)
@@ -201,7 +218,7 @@ Args:
   labels: integer label ids ``[B, *spatial]``.
   label_space: the :class:`~labelset_jax.labelsets.LabelSpace`.
   gamma, alpha: as in :func:`~labelset_jax.losses.focal`.
-  reduction: ``"mean"`` or ``"none"``.
+  reduction: ``"mean"``, ``"sum"`` or ``"none"`` (over the batch).
 
 Returns:
   The loss, a scalar or ``[B]``.
