@@ -619,3 +619,11 @@ def test_marginalized_losses_require_the_label_space_in_their_signature():
     assert signature.parameters["gamma"].default == 2.0 and signature.parameters["reduction"].default == "mean"
     with pytest.raises(TypeError, match="label_space"):
         losses.marginal_focal(*random_case(0))
+
+
+@pytest.mark.parametrize("name", ["soft_dice", "cross_entropy", "dice_semimetric"])
+def test_soft_targets_are_checked_against_the_label_space(name):
+    logits = jnp.zeros((1, 4, 3))
+    targets = jnp.full((1, 4, 3), 1 / 3)
+    with pytest.raises(ValueError, match="logits have 3 channels but label_space has 5 leaves"):
+        losses.get_loss(name)(logits, targets, label_space=LabelSpace.leaves(5))

@@ -75,10 +75,14 @@ def check_inputs(
     return label_space
 
 
-def check_soft_targets(logits: Array, targets: Array, *, fn: str) -> None:
-    """Static checks for soft targets ``[B, *spatial, C]`` matching ``logits``."""
+def check_soft_targets(logits: Array, targets: Array, *, fn: str, label_space: LabelSpace | None = None) -> None:
+    """Static checks for soft targets ``[B, *spatial, C]`` matching ``logits`` (and, when given,
+    the label space's ``C`` leaves)."""
     if targets.shape != logits.shape:
         raise ValueError(f"{fn}: soft targets shape {targets.shape} must equal logits shape {logits.shape}")
+    if label_space is not None and label_space.num_classes != logits.shape[-1]:
+        raise ValueError(f"{fn}: logits have {logits.shape[-1]} channels but label_space has "
+                         f"{label_space.num_classes} leaves")
 
 
 def is_soft(logits: Array, targets: Array) -> bool:

@@ -20,7 +20,7 @@ Array = jax.Array
 def _targets_and_log_probs(logits, labels, label_space, fn):
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     if _common.is_soft(logits, labels):
-        _common.check_soft_targets(logits, labels, fn=fn)
+        _common.check_soft_targets(logits, labels, fn=fn, label_space=label_space)
         return labels.astype(jnp.float32), log_probs
     _common.check_inputs(logits, labels, label_space, fn=fn, allow_sets=False)
     return jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32), log_probs

@@ -211,7 +211,7 @@ def _dice_loss(logits, labels, *, label_space, reduction, fn, prediction, target
     if _common.is_soft(logits, labels):
         if allow_sets:
             raise ValueError(f"{fn}: takes integer label ids (label sets), not soft targets")
-        _common.check_soft_targets(logits, labels, fn=fn)
+        _common.check_soft_targets(logits, labels, fn=fn, label_space=label_space)
         space = label_space or LabelSpace.leaves(logits.shape[-1])
         spec = _make_spec(space, "softmax", "soft", **options)
     else:
