@@ -260,19 +260,12 @@ def main(argv):
     cli.check_known(methods, merge_study.METHODS, what="method")
     if _REFERENCE.value not in merge_study.METHODS:
         cli.fail(f"--reference must be a method, got {_REFERENCE.value!r}")
-    for flag in (_SEEDS, _STEPS):
-        if flag.value is not None and flag.value < 1:
-            cli.fail(f"--{flag.name} must be >= 1, got {flag.value}")
-    if _SEEDS.value is not None and _RUN_SEEDS.value:
-        cli.fail("give --seeds or --run_seeds, not both")
-    if _RUN_SEEDS.value and not all(s.strip().isdigit() for s in _RUN_SEEDS.value):
-        cli.fail(f"--run_seeds must be non-negative integers, got {','.join(_RUN_SEEDS.value)}")
-    if _RUN_SEEDS.value:
-        seeds = [int(s) for s in _RUN_SEEDS.value]
-    else:
-        seeds = list(range(_SEEDS.value if _SEEDS.value is not None else int(data_settings()["seeds"])))
-    if len(set(seeds)) != len(seeds):
-        cli.fail(f"--run_seeds has a repeated seed: {seeds}")
+    if _STEPS.value is not None and _STEPS.value < 1:
+        cli.fail(f"--steps must be >= 1, got {_STEPS.value}")
+    try:
+        seeds = study.run_seeds(_SEEDS.value, _RUN_SEEDS.value, int(data_settings()["seeds"]))
+    except ValueError as e:
+        cli.fail(str(e))
     cli.check_output_folder(_RESULTS.value, what="--results")
 
     root = Path(_WORKDIR.value) / "data"

@@ -100,14 +100,6 @@ def run_config(method: str, seed: int):
     return config
 
 
-def run_seeds() -> list[int]:
-    """The run seeds: ``--run_seeds``, else ``0 .. --seeds-1`` (default the config's study.seeds)."""
-    if _RUN_SEEDS.value:
-        return [int(s) for s in _RUN_SEEDS.value]
-    count = _SEEDS.value if _SEEDS.value is not None else run_config(_REFERENCE.value, 0).study.seeds
-    return list(range(count))
-
-
 def tissue_groups(config) -> tuple[list[str], list[str]]:
     """The tissues some partial protocol of the cohort annotates, and the never-annotated ones."""
     annotated = set()
@@ -429,16 +421,13 @@ def main(argv):
     cli.check_known(methods, partial_supervision.METHODS, what="method")
     if _REFERENCE.value not in partial_supervision.METHODS:
         cli.fail(f"--reference must be a method, got {_REFERENCE.value!r}")
-    for flag in (_SEEDS, _STEPS, _NUM_TEST):
+    for flag in (_STEPS, _NUM_TEST):
         if flag.value is not None and flag.value < 1:
             cli.fail(f"--{flag.name} must be >= 1, got {flag.value}")
-    if _SEEDS.value is not None and _RUN_SEEDS.value:
-        cli.fail("give --seeds or --run_seeds, not both")
-    if _RUN_SEEDS.value:
-        if not all(s.strip().isdigit() for s in _RUN_SEEDS.value):
-            cli.fail(f"--run_seeds must be non-negative integers, got {','.join(_RUN_SEEDS.value)}")
-        if len(set(map(int, _RUN_SEEDS.value))) != len(_RUN_SEEDS.value):
-            cli.fail(f"--run_seeds has a repeated seed: {','.join(_RUN_SEEDS.value)}")
+    try:
+        seeds = study.run_seeds(_SEEDS.value, _RUN_SEEDS.value, run_config(_REFERENCE.value, 0).study.seeds)
+    except ValueError as e:
+        cli.fail(str(e))
     if _EVAL_EVERY.value is not None and _EVAL_EVERY.value < 0:
         cli.fail(f"--eval_every must be >= 0, got {_EVAL_EVERY.value}")
     if _DATA_SEED.value is not None and _DATA_SEED.value < 0:
@@ -456,7 +445,6 @@ def main(argv):
         cli.fail(f"--plateau_gain must be > 0, got {_PLATEAU_GAIN.value}")
 
     config = run_config(_REFERENCE.value, 0)
-    seeds = run_seeds()
     partial, never = tissue_groups(config)
     cases = test_cases(config)
     for method in methods:

@@ -32,7 +32,7 @@ from labelset_jax import files
 from labelset_jax.metrics import RunComparison, holm_adjust, paired_runs
 from labelset_jax.writers import read_jsonl
 
-__all__ = ["config_json", "load_record", "check_record", "validation_curve", "train_and_record", "smoothed_at",
+__all__ = ["run_seeds", "config_json", "load_record", "check_record", "validation_curve", "train_and_record", "smoothed_at",
            "plateau_gain", "compare_runs"]
 
 
@@ -43,6 +43,34 @@ def config_json(config: ml_collections.ConfigDict) -> dict:
 
 #: Config fields the training loop derives from the data and saves with a run.
 DERIVED = ("model.in_channels", "data.spacing", "data.intensity")
+
+
+def run_seeds(seeds: int | None, run_seeds: Sequence[str] | None, default: int) -> list[int]:
+    """The run seeds of a study from its ``--seeds`` (a count) or ``--run_seeds`` (a list) flag.
+
+    Returns:
+      ``run_seeds`` as integers, else ``0 .. seeds-1`` (``seeds`` defaulting to ``default``).
+
+    Raises:
+      ValueError: both flags given, a count below 1, a seed that is not a non-negative integer, or
+        a repeated seed (one line naming the flag).
+
+    >>> run_seeds(None, ["31", "32"], 5), run_seeds(3, None, 5), run_seeds(None, None, 2)
+    ([31, 32], [0, 1, 2], [0, 1])
+    """
+    if seeds is not None and run_seeds:
+        raise ValueError("give --seeds or --run_seeds, not both")
+    if run_seeds:
+        if not all(s.strip().isdigit() for s in run_seeds):
+            raise ValueError(f"--run_seeds must be non-negative integers, got {','.join(run_seeds)}")
+        out = [int(s) for s in run_seeds]
+        if len(set(out)) != len(out):
+            raise ValueError(f"--run_seeds has a repeated seed: {','.join(run_seeds)}")
+        return out
+    count = default if seeds is None else seeds
+    if count < 1:
+        raise ValueError(f"--seeds must be >= 1, got {count}")
+    return list(range(count))
 
 
 def load_record(path: str | os.PathLike, config: ml_collections.ConfigDict, case_ids: Sequence[str]) -> dict | None:
