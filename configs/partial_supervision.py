@@ -22,7 +22,7 @@ ARG is ``METHOD`` or ``METHOD,SCALE``. METHOD is one of:
   marginal_ce    marginal cross-entropy.
 SCALE is ``cpu`` (default: 40³ phantoms, a small U-Net, 1,500 steps, the number the committed pilot
 chose (README, docs/results/partial_supervision_pilot); the study's 30 runs, 6 methods × 5 seeds,
-take about 1.5 hours on 2 CPU cores), ``paper`` (a GPU: 96³ phantoms, the reference U-Net, 6
+took 80 minutes on 2 CPU cores, measured), ``paper`` (a GPU: 96³ phantoms, the reference U-Net, 6
 atlases + 60 partial cases, 3,000 steps, 10 seeds) or ``smoke`` (seconds, for tests).
 """
 
