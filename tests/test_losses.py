@@ -560,7 +560,7 @@ def test_unknown_ids_and_shapes_are_rejected():
     with pytest.raises(ValueError, match="channels"):
         losses.leaf_dice(logits[..., :4], labels, label_space=SPACE)
     with pytest.raises(ValueError, match="reduction"):
-        losses.leaf_dice(logits, labels, label_space=SPACE, reduction="sum")
+        losses.leaf_dice(logits, labels, label_space=SPACE, reduction="max")
     with pytest.raises(ValueError, match="integer label ids"):
         losses.leaf_dice(logits, labels.astype(np.float32), label_space=SPACE)
     with pytest.raises(ValueError, match="class_weights"):
