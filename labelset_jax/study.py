@@ -41,10 +41,6 @@ def config_json(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-#: Config fields the training loop derives from the data and saves with a run.
-DERIVED = ("model.in_channels", "data.spacing", "data.intensity")
-
-
 def run_seeds(seeds: int | None, run_seeds: Sequence[str] | None, default: int) -> list[int]:
     """The run seeds of a study from its ``--seeds`` (a count) or ``--run_seeds`` (a list) flag.
 
@@ -87,13 +83,13 @@ def check_record(path: str | os.PathLike, config: ml_collections.ConfigDict, cas
                  workdir: str | os.PathLike) -> str | None:
     """Why this run cannot go ahead (one line), or ``None``: ``workdir`` or the record at ``path``
     holds a run of another configuration (or the record, of other test cases)."""
-    from labelset_jax.train import flatten_config
+    from labelset_jax.train import DERIVED_FIELDS, flatten_config
 
     previous = Path(workdir) / "config.json"
     if previous.exists():
         saved, expected = flatten_config(json.loads(previous.read_text())), flatten_config(config_json(config))
         # the training loop adds what it derives from the data (input channels, spacing, CT statistics)
-        if any(saved.get(k) != v for k, v in expected.items()) or set(saved) - set(expected) - set(DERIVED):
+        if any(saved.get(k) != v for k, v in expected.items()) or set(saved) - set(expected) - set(DERIVED_FIELDS):
             return f"{workdir} holds a run of another configuration; use a new --runs folder"
     if Path(path).exists() and load_record(path, config, case_ids) is None:
         return f"{path} records a run of another configuration or test set; use a new --results folder"

@@ -186,6 +186,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 RESUMABLE_FIELDS = ("num_steps", "eval_every", "checkpoint_every", "log_every", "keep_checkpoints", "eval",
                     "data.prefetch")
 HISTORY_FILE = "config_history.jsonl"
+#: Config fields the loop derives from the data and saves with a run (:func:`with_input_channels`,
+#: :func:`with_spacing`, :func:`with_intensity`).
+DERIVED_FIELDS = ("model.in_channels", "data.spacing", "data.intensity")
 
 
 def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
