@@ -285,8 +285,8 @@ def main(argv):
                 cli.fail(problem)
     figure_case = ids[0]
     records, rows, gains = {}, [], {}
-    for m in methods:
-        for k in seeds:
+    for k in seeds:  # seed by seed, so that an interrupted study has whole seeds to show
+        for m in methods:
             record = records[m, k] = run(m, k, merged, cases, figure_case)
             rows += [{"method": m, "seed": k, **r} for r in record["rows"]]
             gains[m, k] = study.plateau_gain(record["curve"], MNI_LESION.names[1:], int(record["config"]["num_steps"]))
