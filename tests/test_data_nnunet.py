@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,62 +23,7 @@ from labelset_jax.data.nnunet import (
     write_dataset,
 )
 from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS, LabelSpace
-
-# The MNI tissue task as a dataset with label sets: leaves of labelset_jax.data.MNI_TISSUE, the set
-# {csf, gm} written by the cases that annotate only white matter, and the ignore label.
-MNI_JSON = {
-    "labels": {"background": 0, "csf": 1, "gm": 2, "wm": 3, "ignore": 5},
-    "label_sets": {"not_wm": {"id": 4, "members": [1, 2]}},
-}
-MNI_SPACE = LabelSpace.from_superset_map(
-    4, {4: [1, 2], 5: [0, 1, 2, 3]}, ["background", "csf", "gm", "wm"],
-    set_names={4: "not_wm", 5: "ignore"}, ignore_id=5,
-)
-WM_ONLY = ("mni_002", "mni_003")
-WITH_IGNORE = "mni_004"
-
-
-def make_mni_dataset(root, *, voxel_size: int = 8, num_test: int = 1, channels: int = 1) -> dict[str, np.ndarray]:
-    """Writes ``root`` (a dataset folder) from nilearn's MNI152 template and tissue maps.
-
-    Five augmented training cases: ``mni_000``/``mni_001`` fully annotated, ``mni_002``/``mni_003``
-    annotating only white matter (CSF and GM become the set ``not_wm`` = 4), ``mni_004`` fully
-    annotated but with a slab of ignore label (5); ``num_test`` test images with ``labelsTs``.
-    ``channels=2`` adds a second input channel, a T2-like inverted contrast (CSF bright).
-
-    Returns:
-      The label map written for each case id.
-    """
-    space = label_space_from_json(MNI_JSON)
-    training, written = [], {}
-    for i in range(5):
-        case = mni_tissue_case(i, voxel_size=voxel_size)
-        labels = case.labels.copy()
-        case_id = f"mni_{i:03d}"
-        if case_id in WM_ONLY:
-            labels[np.isin(labels, [1, 2])] = 4
-        if case_id == WITH_IGNORE:
-            labels[:, :, : labels.shape[2] // 3] = 5
-        written[case_id] = labels
-        training.append(SimpleNamespace(id=case_id, image=_channels(case.image, channels), labels=labels,
-                                        affine=case.affine))
-    test = []
-    for i in range(num_test):
-        case = mni_tissue_case(100 + i, voxel_size=voxel_size)
-        test.append(SimpleNamespace(id=f"mni_test_{i:03d}", image=_channels(case.image, channels), labels=case.labels,
-                                    affine=case.affine))
-        written[test[-1].id] = case.labels
-    write_dataset(root, training, space=space, channel_names=["T1", "T2"][:channels], test=test,
-                  name="MNI152 tissues")
-    return written
-
-
-def _channels(t1: np.ndarray, channels: int) -> np.ndarray:
-    if channels == 1:
-        return t1
-    inverted = np.where(t1 > 0.1 * t1.max(), t1.max() - t1, 0.0)  # inside the head: dark WM, bright CSF
-    return np.stack([t1, inverted], axis=-1).astype(np.float32)
-
+from tests.helpers import MNI_JSON, MNI_SPACE, WITH_IGNORE, WM_ONLY, make_mni_dataset, run_cli
 
 @pytest.fixture(scope="module")
 def mni_dataset(tmp_path_factory):
@@ -347,10 +290,8 @@ def test_a_single_member_set_and_a_duplicate_set(small):
 
 
 # ------------------------------------------------------------------------------ conversion
-def _run(*args):
-    root = Path(__file__).resolve().parents[1]
-    return subprocess.run([sys.executable, "-m", "experiments.convert_dataset", *args], cwd=root,
-                          capture_output=True, text=True)
+def _run(*args, in_process=False):
+    return run_cli("experiments.convert_dataset", *args, in_process=in_process)
 
 
 def test_convert_phantoms_from_the_command_line(tmp_path):
@@ -381,7 +322,7 @@ def test_convert_rejects_bad_input_with_exit_code_2_and_writes_nothing(tmp_path)
         (["--source=feta", f"--input={tmp_path / 'nowhere'}"], "nowhere: not a folder"),
     ]:
         source = [] if any(a.startswith("--source") for a in args) else ["--source=phantoms"]
-        out = _run(*source, *args, f"--output={tmp_path / 'Dataset009_X'}")
+        out = _run(*source, *args, f"--output={tmp_path / 'Dataset009_X'}", in_process=True)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr[-2000:])
         assert len(out.stderr.strip().splitlines()) == 1
         assert sorted(p.name for p in tmp_path.iterdir()) == []

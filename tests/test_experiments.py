@@ -8,8 +8,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,14 +15,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from configs import default
 from labelset_jax import train
 from labelset_jax.data import make_phantom, phantom_affine, save_nifti
 from labelset_jax.data.nnunet import label_space_from_json
-from tests.test_data_nnunet import MNI_SPACE, make_mni_dataset
-from tests.test_train import tiny
+from tests.helpers import MNI_SPACE, make_mni_dataset, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = [
     "--config.num_steps=1", "--config.patch_size=(16,16,16)", "--config.checkpoint_every=1",
     "--config.eval_every=1", "--config.model.num_levels=2", "--config.model.base_features=4",
@@ -35,15 +30,12 @@ TINY_FLAGS = [
 ]
 
 
-def run(module, *args):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True)
+run = run_cli
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("run")
-    train.train_and_evaluate(tiny(default.get_config(), num_steps=1, eval_every=1), path)
-    return path
+def error_run(module, *args):
+    """A bad-input path, run in this process (it stops before any work; see ``run_cli``)."""
+    return run_cli(module, *args, in_process=True)
 
 
 def test_main_runs_one_step_and_writes_the_report(tmp_path):
@@ -69,7 +61,7 @@ def test_main_help_lists_the_config_fields_and_defaults():
 
 
 def test_main_rejects_a_bad_config_with_exit_code_2(tmp_path):
-    out = run("experiments.main", "--config=configs/default.py", f"--workdir={tmp_path}", "--config.loss=dice")
+    out = error_run("experiments.main", "--config=configs/default.py", f"--workdir={tmp_path}", "--config.loss=dice")
     assert out.returncode == 2 and "unknown loss 'dice'" in out.stderr
 
 
@@ -85,7 +77,7 @@ def test_evaluate_writes_tables(workdir, tmp_path):
 
 
 def test_evaluate_rejects_a_missing_workdir(tmp_path):
-    out = run("experiments.evaluate", f"--workdir={tmp_path / 'nothing'}")
+    out = error_run("experiments.evaluate", f"--workdir={tmp_path / 'nothing'}")
     assert out.returncode == 2 and "not a training workdir" in out.stderr
 
 
@@ -117,7 +109,7 @@ def test_predict_bad_input_exits_2_with_one_line(workdir, tmp_path, content, mes
     path = tmp_path / "scan.nii.gz"
     if content is not None:
         path.write_bytes(content)
-    out = run("experiments.predict", f"--workdir={workdir}", f"--input={path}", f"--output={tmp_path / 'out'}")
+    out = error_run("experiments.predict", f"--workdir={workdir}", f"--input={path}", f"--output={tmp_path / 'out'}")
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error:") and len(out.stderr.strip().splitlines()) == 1
     assert message in out.stderr
@@ -162,9 +154,11 @@ def test_partial_supervision_study_runs_scores_and_resumes(tmp_path):
     assert again.returncode == 0 and again.stderr.count("reusing") == 4, again.stderr[-2000:]
     assert list(csv.DictReader(open(tmp_path / "results" / "per_case.csv"))) == rows
     assert not (tmp_path / "runs").exists()
-    other = run("experiments.partial_supervision_study", *args[:-1], "--steps=3", f"--results={tmp_path / 'other'}")
+    other = run("experiments.partial_supervision_study", *args[:-1], "--steps=3", "--methods=full_only",
+                "--run_seeds=5", f"--results={tmp_path / 'other'}")
     assert other.returncode == 0, other.stderr[-2000:]  # a new results folder: trains anew
-    clash = run("experiments.partial_supervision_study", *args[:-2], "--steps=4", f"--runs={tmp_path / 'runs4'}",
+    assert "reusing" not in other.stderr and (tmp_path / "other" / "runs" / "full_only_seed5.json").exists()
+    clash = error_run("experiments.partial_supervision_study", *args[:-2], "--steps=4", f"--runs={tmp_path / 'runs4'}",
                 f"--results={tmp_path / 'results'}")
     assert clash.returncode == 2 and "records a run of another configuration" in clash.stderr
     assert list(csv.DictReader(open(tmp_path / "results" / "per_case.csv"))) == rows
@@ -204,7 +198,7 @@ def test_volume_bias_study_runs_its_parts_and_resumes(tmp_path):
     ("experiments.volume_bias_study", ["--ps=1.5"], "--ps must lie in [0, 1]"),
 ])
 def test_studies_reject_bad_flags_before_any_work(tmp_path, module, args, message):
-    out = run(module, *args, f"--{'runs' if 'partial' in module else 'workdir'}={tmp_path / 'runs'}")
+    out = error_run(module, *args, f"--{'runs' if 'partial' in module else 'workdir'}={tmp_path / 'runs'}")
     assert out.returncode == 2
     assert message in out.stderr
     assert not (tmp_path / "runs").exists()
@@ -242,7 +236,7 @@ def _one_line_error(out, *fragments):
 
 @pytest.fixture(scope="module")
 def mni_dataset(tmp_path_factory):
-    """The MNI152 dataset of tests/test_data_nnunet.py, validated on a WM-only case and the case
+    """The MNI152 dataset of tests/helpers.py, validated on a WM-only case and the case
     with the ignore label (splits_final.json), to see partial cases scored on what they annotate."""
     root = tmp_path_factory.mktemp("data") / "Dataset001_MNI"
     make_mni_dataset(root)
@@ -331,11 +325,11 @@ def test_nnunet_bad_dataset_fails_before_the_run_exists(mni_dataset, tmp_path):
     spec["label_sets"]["not_wm"]["members"] = [1, 7]
     (broken / "dataset.json").write_text(json.dumps(spec))
     workdir = tmp_path / "run"
-    out = run("experiments.main", f"--config=configs/dataset.py:{broken}", f"--workdir={workdir}", *NNUNET_TINY)
+    out = error_run("experiments.main", f"--config=configs/dataset.py:{broken}", f"--workdir={workdir}", *NNUNET_TINY)
     _one_line_error(out, "dataset.json", "label_sets['not_wm'].members: 7 is not a leaf")
     assert not (workdir / "config.json").exists() and not (workdir / "label_space.json").exists()
-    _one_line_error(run("experiments.evaluate", f"--workdir={workdir}"), "not a training workdir")
-    _one_line_error(run("experiments.main", "--config=configs/dataset.py", f"--workdir={workdir}"),
+    _one_line_error(error_run("experiments.evaluate", f"--workdir={workdir}"), "not a training workdir")
+    _one_line_error(error_run("experiments.main", "--config=configs/dataset.py", f"--workdir={workdir}"),
                     "config.data.path must name the dataset folder")
 
 
@@ -349,7 +343,7 @@ def test_nnunet_bad_dataset_fails_before_the_run_exists(mni_dataset, tmp_path):
 ])
 def test_main_flag_errors_are_one_line_with_absl_hint(tmp_path, args, fragments):
     workdir_flag = [] if any(a.startswith("--workdirr") for a in args) else [f"--workdir={tmp_path / 'run'}"]
-    _one_line_error(run("experiments.main", *args, *workdir_flag), *fragments)
+    _one_line_error(error_run("experiments.main", *args, *workdir_flag), *fragments)
     assert not any(tmp_path.iterdir())
 
 
@@ -410,9 +404,13 @@ def test_outputs_that_cannot_be_written_fail_before_the_model_loads(workdir, tmp
         output, fragment = _read_only_folder(tmp_path) / "out", "cannot write in"
     save_nifti(tmp_path / "scan.nii.gz", np.ones((16, 16, 16), np.float32), np.eye(4))
     extra = [f"--input={tmp_path / 'scan.nii.gz'}"] if module.endswith("predict") else []
-    out = run(module, f"--workdir={workdir}", *extra, f"--output={output}")
+    # A copy of the run whose checkpoint files are garbage: reading them first would fail otherwise.
+    broken = shutil.copytree(workdir, tmp_path / "run")
+    for path in [*(broken / "checkpoints").rglob("*"), *(broken / "best").rglob("*")]:
+        if path.is_file():
+            path.write_bytes(b"not a checkpoint")
+    out = error_run(module, f"--workdir={broken}", *extra, f"--output={output}")
     _one_line_error(out, f"--output={output}", fragment)
-    assert "Restor" not in out.stderr  # checked before any checkpoint was read
 
 
 def test_evaluate_rejects_an_empty_workdir_list_and_an_empty_manifest(workdir, tmp_path):

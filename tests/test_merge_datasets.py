@@ -19,14 +19,14 @@ from labelset_jax.data import mni_tissue_case
 from labelset_jax.data.merge import merge_datasets, plan_merge
 from labelset_jax.data.nnunet import DatasetError, read_dataset, write_dataset
 from labelset_jax.labelsets import LabelSpace
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ["csf", "gm", "wm", "lesion", "vessel"]
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.merge_datasets", *args], cwd=ROOT,
-                          capture_output=True, text=True)
+def run(*args, in_process=False):
+    return run_cli("experiments.merge_datasets", *args, in_process=in_process)
 
 
 @st.composite
@@ -187,13 +187,13 @@ def test_merge_command_refuses_bad_input_before_writing(two_datasets, tmp_path):
         ([f"--input={a}", f"--input={a}"], "two sources are named 'atlas'"),
         ([f"--input={a}"], "at least two sources"),
     ]:
-        out = run(*args, f"--output={tmp_path / 'merged'}")
+        out = run(*args, f"--output={tmp_path / 'merged'}", in_process=True)
         assert out.returncode == 2, (args, out.stderr[-2000:])
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (args, lines)
         assert not (tmp_path / "merged").exists()
     (tmp_path / "exists").mkdir()
-    out = run(f"--input={a}", f"--input={b}", f"--output={tmp_path / 'exists'}")
+    out = run(f"--input={a}", f"--input={b}", f"--output={tmp_path / 'exists'}", in_process=True)
     assert out.returncode == 2 and "already exists" in out.stderr
 
 
@@ -245,8 +245,8 @@ def test_merge_study_smoke_runs_scores_and_resumes(tmp_path):
     again = subprocess.run([sys.executable, "-m", "experiments.merge_study", *args], cwd=ROOT, capture_output=True,
                            text=True)
     assert again.returncode == 0 and again.stderr.count("reusing") == 4, again.stderr[-2000:]
-    bad = subprocess.run([sys.executable, "-m", "experiments.merge_study", *args[:-1], "--methods=bogus",
-                          f"--results={tmp_path / 'r2'}"], cwd=ROOT, capture_output=True, text=True)
+    bad = run_cli("experiments.merge_study", *args[:-1], "--methods=bogus", f"--results={tmp_path / 'r2'}",
+                  in_process=True)
     assert bad.returncode == 2 and "unknown method" in bad.stderr and not (tmp_path / "r2").exists()
 
 

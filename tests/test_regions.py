@@ -8,7 +8,7 @@ import numpy as np
 
 from configs import dataset as dataset_config
 from labelset_jax import input_pipeline, train
-from tests.test_train import tiny
+from tests.helpers import tiny
 from labelset_jax.data.nnunet import label_space_from_json, read_dataset, write_dataset
 from labelset_jax.evaluation import EvalSettings, evaluate_cases
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from configs import dataset as dataset_config
 from labelset_jax import input_pipeline, train
-from tests.test_train import tiny
+from tests.helpers import tiny
 from labelset_jax.data import make_phantom
 from labelset_jax.data.nnunet import read_dataset, write_dataset
 from labelset_jax.data.phantoms import rotation_matrix

@@ -22,41 +22,11 @@ from labelset_jax.evaluation import EvalSettings, predict_case
 from labelset_jax.metrics import dice_score
 from labelset_jax.models import create_model
 from labelset_jax.writers import read_jsonl
+from tests.helpers import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
-    """Shrinks a config to seconds on a CPU: 16³ patches, a 2-level 4-feature U-Net, 2 steps."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.num_steps = overrides.pop("num_steps", 2)
-    config.batch_size = overrides.pop("batch_size", 2)
-    config.patch_size = (16, 16, 16)
-    config.checkpoint_every = overrides.pop("checkpoint_every", 1)
-    config.eval_every = overrides.pop("eval_every", 2)
-    config.log_every = 1
-    config.model.preset = "small"
-    config.model.num_levels = 2
-    config.model.base_features = 4
-    config.model.max_features = 8
-    config.model.remat = False
-    config.model.dtype = "float32"
-    config.eval.roi_size = (16, 16, 16)
-    config.eval.tta = False
-    data = config.data
-    if data.name == "phantoms":
-        data.shape = (32, 32, 32)
-        data.protocols = {name: 1 for name in data.protocols}
-        data.num_val = 1
-        if "val_abnormal" in data:
-            data.val_abnormal = min(int(data.val_abnormal), 1)
-    elif data.name == "synthetic":
-        data.shape = (16, 16, 16)
-        data.num_train, data.num_val = 2, 1
-    data.prefetch = 0
-    for key, value in overrides.items():
-        config[key] = value
-    return config
 
 
 CONFIGS = [("default", default.get_config())]
@@ -102,7 +72,7 @@ BATCH_SCRIPT = textwrap.dedent(
     import sys
     import jax
     jax.config.update("jax_num_cpu_devices", 2)
-    from tests.test_train import tiny
+    from tests.helpers import tiny
     from configs import default
     from labelset_jax import train
     for batch_size in (4, 3):
@@ -261,7 +231,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
     import json, sys
     import jax
     jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
-    from tests.test_train import tiny
+    from tests.helpers import tiny
     from configs import default
     from labelset_jax import train
     from labelset_jax.writers import read_jsonl
