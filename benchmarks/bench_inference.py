@@ -34,7 +34,7 @@ from monai.inferers import sliding_window_inference as monai_sliding_window_infe
 import speed
 import torch_twin
 from labelset_jax.inference import sliding_window_inference
-from labelset_jax.models import unet3d
+from labelset_jax.models import cpu_conv
 
 _CONFIG = config_flags.DEFINE_config_file("config", speed.DEFAULT_CONFIG, "Python config file (get_config()).")
 _PRESET = flags.DEFINE_enum("preset", "", ["", "small", "reference"], "model preset ('' = the config's model)")
@@ -47,7 +47,7 @@ _DOWNSAMPLE = flags.DEFINE_enum("downsample", "", ["", "maxpool", "stride"], "ov
 _CONV_IMPL = flags.DEFINE_enum("conv_impl", "", ["", "auto", "native", "folded"], "override ('' = the model's)")
 _MEMORY = flags.DEFINE_bool("memory", True, "also measure peak memory (two extra processes)")
 _HUGEPAGES = flags.DEFINE_bool("hugepages", True, "run with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (both frameworks)")
-_DOTS_MIN = flags.DEFINE_integer("dots_min_features", unet3d.DOTS_WEIGHT_GRADIENT_MIN_FEATURES,
+_DOTS_MIN = flags.DEFINE_integer("dots_min_features", cpu_conv.DOTS_MIN_FEATURES,
                                  "kernel gradients as matrix products from this many output channels on")
 _PROBE = flags.DEFINE_enum("probe", "", ["", "jax", "torch"], "internal: memory probe of one framework")
 
@@ -57,7 +57,7 @@ FORWARDED = ("preset", "volume", "roi", "overlap", "sw_batch_size", "downsample"
 
 def setup():
     config = speed.model_config(_CONFIG.value, preset=_PRESET.value, downsample=_DOWNSAMPLE.value,
-                                conv_impl=_CONV_IMPL.value, remat=False)
+                                conv_impl=_CONV_IMPL.value, remat=False, dots_min_features=_DOTS_MIN.value)
     start = time.perf_counter()
     model, trainer, state, _, mesh = speed.build(config)
     build_s = time.perf_counter() - start
@@ -97,7 +97,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     speed.ensure_hugepages(_HUGEPAGES.value)
-    unet3d.DOTS_WEIGHT_GRADIENT_MIN_FEATURES = _DOTS_MIN.value
     if _PROBE.value:
         return probe(_PROBE.value)
     config, model, mesh, ours, peer, build_s = setup()

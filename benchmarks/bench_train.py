@@ -26,7 +26,6 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from absl import app, flags
@@ -34,7 +33,7 @@ from ml_collections import config_flags
 
 import speed
 import torch_twin
-from labelset_jax.models import unet3d
+from labelset_jax.models import cpu_conv
 
 _CONFIG = config_flags.DEFINE_config_file("config", speed.DEFAULT_CONFIG, "Python config file (get_config()).")
 _PRESET = flags.DEFINE_enum("preset", "", ["", "small", "reference"], "model preset ('' = the config's model)")
@@ -46,7 +45,7 @@ _CONV_IMPL = flags.DEFINE_enum("conv_impl", "", ["", "auto", "native", "folded"]
 _REMAT = flags.DEFINE_bool("remat", False, "rematerialise each stage in our backward pass")
 _MEMORY = flags.DEFINE_bool("memory", True, "also measure peak memory (two extra processes)")
 _HUGEPAGES = flags.DEFINE_bool("hugepages", True, "run with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (both frameworks)")
-_DOTS_MIN = flags.DEFINE_integer("dots_min_features", unet3d.DOTS_WEIGHT_GRADIENT_MIN_FEATURES,
+_DOTS_MIN = flags.DEFINE_integer("dots_min_features", cpu_conv.DOTS_MIN_FEATURES,
                                  "kernel gradients as matrix products from this many output channels on")
 _PROBE = flags.DEFINE_enum("probe", "", ["", "jax", "torch"], "internal: memory probe of one framework")
 
@@ -62,7 +61,7 @@ def make_batch(batch: int, patch: int, num_classes: int, seed: int = 0):
 
 def setup():
     config = speed.model_config(_CONFIG.value, preset=_PRESET.value, downsample=_DOWNSAMPLE.value,
-                                conv_impl=_CONV_IMPL.value, remat=_REMAT.value)
+                                conv_impl=_CONV_IMPL.value, remat=_REMAT.value, dots_min_features=_DOTS_MIN.value)
     config.batch_size, config.patch_size = _BATCH.value, (_PATCH.value,) * 3
     start = time.perf_counter()
     model, trainer, state, space, mesh = speed.build(config)
@@ -124,7 +123,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     speed.ensure_hugepages(_HUGEPAGES.value)
-    unet3d.DOTS_WEIGHT_GRADIENT_MIN_FEATURES = _DOTS_MIN.value
     if _PROBE.value:
         return probe(_PROBE.value)
     config, model, trainer, state, mesh, twin, images, labels, build_s = setup()

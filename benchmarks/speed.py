@@ -40,7 +40,7 @@ def ensure_hugepages(enabled: bool) -> None:
 
 
 def model_config(config: ml_collections.ConfigDict, *, preset: str, downsample: str, conv_impl: str,
-                 remat: bool) -> ml_collections.ConfigDict:
+                 remat: bool, dots_min_features: int | None = None) -> ml_collections.ConfigDict:
     """``config`` with its model replaced by ``preset`` ("" keeps the config's model) and the
     given overrides ("" keeps the preset's), and the optimiser that the PyTorch twin reproduces:
     Adam at a constant learning rate after clipping the global gradient norm to 1."""
@@ -51,6 +51,8 @@ def model_config(config: ml_collections.ConfigDict, *, preset: str, downsample: 
         config.model.downsample = downsample
     if conv_impl:
         config.model.conv_impl = conv_impl
+    if dots_min_features is not None:
+        config.model.dots_min_features = int(dots_min_features)
     config.model.remat = bool(remat)
     config.optimizer = ml_collections.ConfigDict(dict(name="adam", schedule="constant", grad_clip_norm=1.0))
     return config
@@ -131,8 +133,15 @@ def load_average() -> str:
 
 def describe(model, config) -> str:
     return (f"{config.model.get('preset', 'small')} model, features {model.features}, {count_params(model):,} "
-            f"parameters, downsample={model.downsample}, conv_impl={model.conv_impl}, "
+            f"parameters, downsample={model.downsample}, conv={conv_name(model)}, "
             f"remat={bool(config.model.get('remat', False))}")
+
+
+def conv_name(model) -> str:
+    """How the model's convolutions are computed: ``native`` or ``folded(dots_min_features=N)``."""
+    conv = model.encoder[0].first.conv.conv_general_dilated
+    keywords = getattr(conv, "keywords", None)
+    return f"folded(dots_min_features={keywords['dots_min_features']})" if keywords else "native"
 
 
 def rel_diff(a, b) -> float:

@@ -15,9 +15,9 @@ import optax
 import pytest
 from flax import nnx
 
-from labelset_jax.models import UNet3D, count_params, create_model, reference_unet, small_unet
-from labelset_jax.models.unet3d import (DOTS_WEIGHT_GRADIENT_MIN_FEATURES, ConvBlock, folded_conv_general_dilated,
-                                       lecun_normal, max_pool_2)
+from labelset_jax.models import UNet3D, conv_for, count_params, create_model, reference_unet, small_unet
+from labelset_jax.models.cpu_conv import DOTS_MIN_FEATURES, folded_conv, folded_conv_general_dilated
+from labelset_jax.models.unet3d import ConvBlock, lecun_normal, max_pool_2
 
 
 def tiny(**overrides) -> UNet3D:
@@ -61,7 +61,7 @@ def expected_params(*, num_classes, in_channels, features, upsample="trilinear",
     dict(num_levels=3, in_channels=2, num_classes=5, max_features=8),
     dict(num_levels=1),
     dict(downsample="stride"),
-    dict(downsample="stride", conv_impl="native"),
+    dict(downsample="stride", conv=conv_for("native")),
 ])
 def test_output_shape_and_dtype(config):
     model = tiny(**config)
@@ -159,7 +159,7 @@ def test_downsampling_modes_same_parameters_different_functions():
     assert not np.allclose(forward(pool, x), forward(stride, x), atol=1e-3)
 
 
-@pytest.mark.parametrize("features", [4, DOTS_WEIGHT_GRADIENT_MIN_FEATURES])  # both kernel-gradient paths
+@pytest.mark.parametrize("features", [4, DOTS_MIN_FEATURES])  # both kernel-gradient paths
 @pytest.mark.parametrize("stride, padding, shape", [
     (1, "SAME", (2, 6, 5, 4, 3)),
     (2, ((1, 1), (1, 1), (1, 1)), (1, 8, 6, 4, 2)),
@@ -198,14 +198,16 @@ def test_folded_convolution_1x1x1_and_fallbacks():
 @pytest.mark.parametrize("config", [
     dict(),
     dict(downsample="stride", upsample="transpose", norm="none", deep_supervision=True, num_levels=3),
-    dict(base_features=DOTS_WEIGHT_GRADIENT_MIN_FEATURES, max_features=32),
+    dict(base_features=DOTS_MIN_FEATURES, max_features=32),
 ])
-def test_conv_impls_same_outputs_and_gradients(config):
+def test_convolution_forms_same_outputs_and_gradients(config):
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 8, 1))
     labels = jnp.zeros((2, 8, 8, 8), jnp.int32)
     results = []
-    for impl in ("native", "folded", "auto"):
-        model = tiny(conv_impl=impl, **config)
+    # native; folded (this backend's auto) with its default constant; folded with every kernel
+    # gradient as matrix products
+    for conv in (jax.lax.conv_general_dilated, conv_for("auto", backend="cpu"), folded_conv(1)):
+        model = tiny(conv=conv, **config)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         def loss(p):
@@ -334,7 +336,7 @@ def test_functional_jit_and_nnx_jit_match_eager():
     (dict(activation="tanh"), "activation"),
     (dict(upsample="nearest"), "upsample"),
     (dict(downsample="avgpool"), "downsample"),
-    (dict(conv_impl="fft"), "conv_impl"),
+    (dict(conv="fft"), "conv"),
     (dict(deep_supervision="yes"), "deep_supervision"),
     (dict(remat=None), "remat"),
     (dict(dtype=jnp.int32), "dtype"),
@@ -380,3 +382,27 @@ def test_create_model_from_config():
         create_model(ml_collections.ConfigDict(dict(preset="huge")), num_classes=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="dtype"):
         create_model(ml_collections.ConfigDict(dict(dtype="float99")), num_classes=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="config.model.conv_impl"):
+        create_model(ml_collections.ConfigDict(dict(conv_impl="fft")), num_classes=2, rngs=nnx.Rngs(0))
+
+
+def test_the_builder_picks_the_convolution_form_per_backend():
+    """The CPU form only on CPU (or when asked for); a model holds no backend test of its own."""
+    assert conv_for("auto", backend="gpu") is jax.lax.conv_general_dilated
+    assert conv_for("auto", backend="tpu") is jax.lax.conv_general_dilated
+    assert conv_for("auto", backend="cpu") is folded_conv(DOTS_MIN_FEATURES) is conv_for("folded")
+    assert conv_for("native", backend="cpu") is jax.lax.conv_general_dilated
+    assert conv_for("folded", dots_min_features=8).keywords == {"dots_min_features": 8}
+    config = ml_collections.ConfigDict(dict(num_levels=2, base_features=4, max_features=8, conv_impl="native"))
+    model = create_model(config, num_classes=2, rngs=nnx.Rngs(0))
+    assert model.encoder[0].first.conv.conv_general_dilated is jax.lax.conv_general_dilated
+    config.conv_impl, config.dots_min_features = "folded", 8
+    model = create_model(config, num_classes=2, rngs=nnx.Rngs(0))
+    assert model.encoder[0].first.conv.conv_general_dilated is folded_conv(8)
+
+
+def test_the_native_model_supports_forward_mode_differentiation():
+    model = tiny(conv=conv_for("native"))
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 8, 1))
+    _, tangent = jax.jvp(lambda x: model(x), (x,), (jnp.ones_like(x),))
+    assert tangent.shape == (1, 8, 8, 8, 3) and bool(jnp.isfinite(tangent).all())

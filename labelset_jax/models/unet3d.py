@@ -30,15 +30,9 @@ Precision: parameters are always float32; ``dtype`` sets the computation type (e
 ``jnp.bfloat16``). Normalisation statistics are computed in float32 whatever ``dtype`` is, and the
 output logits are always float32.
 
-Convolution formulation (``conv_impl``; parameters and results are the same, up to float
-rounding): ``"native"`` gives XLA one 3-D convolution per layer; ``"folded"``
-(:func:`folded_conv_general_dilated`) computes a ``k³`` convolution as one 2-D convolution over
-``(H, W)`` whose input channels are the ``k`` depth taps stacked (depth folded into the batch),
-and a ``1³`` convolution as a matrix product. XLA:CPU runs 3-D convolutions, and above all the
-gradients of strided ones, in generic loops, but hands 2-D convolutions to a library (YNNPACK):
-on CPU the folded form makes a training step several times faster (benchmarks/RESULTS.md).
-``"auto"`` (default) is ``"folded"`` on CPU and ``"native"`` elsewhere (GPU libraries have 3-D
-convolutions).
+Convolutions: every ``nnx.Conv`` of the model calls ``conv`` (a ``jax.lax.conv_general_dilated``
+drop-in, the default); the model builder (:func:`labelset_jax.models.create_model`) passes the CPU
+form of :mod:`labelset_jax.models.cpu_conv` on CPU. Parameters and results do not depend on it.
 
 Memory: ``remat=True`` rematerialises each stage (its two conv blocks) in the backward pass with
 ``nnx.remat``, so only the stage inputs are kept for the backward pass. Outputs and gradients are
@@ -54,7 +48,6 @@ Parameter counts (``count_params``, the same for both ``downsample`` modes):
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -80,9 +73,6 @@ UPSAMPLES = ("trilinear", "transpose")
 DOWNSAMPLES = ("maxpool", "stride")
 """The ×½ downsampling modes of the encoder: ``2³`` max pooling, or stride 2 in the first conv."""
 
-CONV_IMPLS = ("auto", "native", "folded")
-"""The convolution formulations (see the module docstring)."""
-
 GROUP_NORM_GROUPS = 8
 """Groups of ``norm="group"``: the largest divisor of the width that is at most this."""
 
@@ -102,135 +92,6 @@ def lecun_normal(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.
     stddev = jnp.sqrt(jnp.array(1.0 / fan_in, dtype)) / jnp.array(0.87962566103423978, dtype)
     flat = jax.random.truncated_normal(key, -2, 2, (math.prod(shape),), dtype)
     return (flat * stddev).reshape(shape)
-
-
-def folded_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                                dimension_numbers=None, feature_group_count=1, precision=None,
-                                **kwargs) -> jax.Array:
-    r"""``jax.lax.conv_general_dilated`` for channels-last 3-D convolutions, computed as one 2-D
-    convolution (drop-in for ``nnx.Conv(conv_general_dilated=...)``).
-
-    With ``x [B, D, H, W, C]`` padded along ``D`` as the convolution pads it, a kernel
-    ``w [k_d, k_h, k_w, C, F]`` and depth stride ``s``,
-
-    .. math:: y[b, i] = \sum_{t < k_d} \mathrm{conv2d}_{(H, W)}\big(x[b, s i + t],\ w[t]\big)
-              = \mathrm{conv2d}_{(H, W)}\big(\Vert_t\, x[b, s i + t],\ \Vert_t\, w[t]\big)
-
-    (``Vert_t`` stacks along the channels): the depth taps become ``k_d · C`` input channels and
-    the output depth joins the batch, so XLA sees a 2-D convolution (and its gradients, 2-D
-    convolutions too). A ``1³`` kernel with stride 1 is a matrix product over the channels.
-    Anything else (other ranks or layouts, dilations, feature groups) goes to
-    ``jax.lax.conv_general_dilated`` unchanged.
-
-    >>> import jax, jax.numpy as jnp, numpy as np
-    >>> x = jax.random.normal(jax.random.key(0), (1, 6, 5, 4, 2))
-    >>> w = jax.random.normal(jax.random.key(1), (3, 3, 3, 2, 3))
-    >>> dn = ("NDHWC", "DHWIO", "NDHWC")
-    >>> for stride in [(1, 1, 1), (2, 2, 2)]:
-    ...     y = folded_conv_general_dilated(x, w, stride, "SAME", dimension_numbers=dn)
-    ...     ref = jax.lax.conv_general_dilated(x, w, stride, "SAME", dimension_numbers=dn)
-    ...     print(y.shape, np.allclose(y, ref, atol=1e-4))
-    (1, 6, 5, 4, 3) True
-    (1, 3, 3, 2, 3) True
-    """
-    def native():
-        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                            dimension_numbers, feature_group_count, precision=precision, **kwargs)
-
-    if lhs.ndim != 5:
-        return native()
-    dnums = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    channels_last = (dnums.lhs_spec == (0, 4, 1, 2, 3) and dnums.rhs_spec == (4, 3, 0, 1, 2)
-                     and dnums.out_spec == (0, 4, 1, 2, 3))
-    plain = (feature_group_count == 1 and all(d == 1 for d in (lhs_dilation or (1,)))
-             and all(d == 1 for d in (rhs_dilation or (1,))) and not kwargs.get("preferred_element_type"))
-    if not (channels_last and plain):
-        return native()
-    batch, depth, height, width, channels = lhs.shape
-    k_d, k_h, k_w, _, features = rhs.shape
-    strides = tuple(window_strides)
-    pads = (jax.lax.padtype_to_pads(lhs.shape[1:4], rhs.shape[:3], strides, padding)
-            if isinstance(padding, str) else [tuple(p) for p in padding])
-    if rhs.shape[:3] == (1, 1, 1) and strides == (1, 1, 1) and all(p == (0, 0) for p in pads):
-        y = jax.lax.dot_general(lhs, rhs.reshape(channels, features), (((4,), (0,)), ((), ())), precision=precision)
-        return y
-    x = jnp.pad(lhs, [(0, 0), pads[0], (0, 0), (0, 0), (0, 0)])
-    out_depth = (x.shape[1] - k_d) // strides[0] + 1
-    taps = [jax.lax.slice_in_dim(x, t, t + strides[0] * (out_depth - 1) + 1, strides[0], axis=1) for t in range(k_d)]
-    x = jnp.concatenate(taps, axis=-1) if k_d > 1 else taps[0]
-    x = x.reshape(batch * out_depth, height, width, k_d * channels)
-    kernel = jnp.moveaxis(rhs, 0, 2).reshape(k_h, k_w, k_d * channels, features)
-    y = _conv2d(x, kernel, strides[1:], tuple(tuple(p) for p in pads[1:]), precision)
-    return y.reshape(batch, out_depth, *y.shape[1:])
-
-
-DOTS_WEIGHT_GRADIENT_MIN_FEATURES = 24
-"""From this many output channels on, :func:`folded_conv_general_dilated`'s kernel gradient is
-``k_h · k_w`` matrix products rather than XLA's transposed convolution (measured on CPU: 1.5-4×
-faster for the reference U-Net's layers, slower for the narrow first levels of the small one)."""
-
-
-def _conv2d_nhwc(x, kernel, strides, pads, precision):
-    return jax.lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        precision=precision)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv2d(x, kernel, strides, pads, precision):
-    r"""A 2-D channels-last convolution whose kernel gradient, for wide layers, is a sum of matrix
-    products over the shifted inputs: with ``x̃`` the padded input and ``g`` the output gradient,
-
-    .. math:: \partial w[i, j] = \sum_{n, h, w} \tilde x[n, s_h h + i, s_w w + j]^\top\, g[n, h, w]
-
-    (XLA writes it as a convolution with the whole image as its window, which its CPU backend
-    runs several times slower for these shapes)."""
-    return _conv2d_nhwc(x, kernel, strides, pads, precision)
-
-
-def _conv2d_fwd(x, kernel, strides, pads, precision):
-    return _conv2d_nhwc(x, kernel, strides, pads, precision), (x, kernel)
-
-
-def _conv2d_bwd(strides, pads, precision, residuals, g):
-    x, kernel = residuals
-    if kernel.shape[-1] < DOTS_WEIGHT_GRADIENT_MIN_FEATURES:
-        _, vjp = jax.vjp(lambda x, k: _conv2d_nhwc(x, k, strides, pads, precision), x, kernel)
-        return vjp(g)
-    _, vjp_x = jax.vjp(lambda x: _conv2d_nhwc(x, kernel, strides, pads, precision), x)
-    (dx,) = vjp_x(g)
-    k_h, k_w, channels, features = kernel.shape
-    n, out_h, out_w, _ = g.shape
-    span = (strides[0] * (out_h - 1) + 1, strides[1] * (out_w - 1) + 1)
-    # Materialised once: otherwise XLA fuses the padding (and the depth folding before it) into
-    # each shifted slice below, recomputing them with per-element index arithmetic.
-    padded = jax.lax.optimization_barrier(jnp.pad(x, [(0, 0), pads[0], pads[1], (0, 0)]))
-    g = g.reshape(-1, features)
-
-    def tap(_, offset):  # one shifted input at a time (a scan, not k_h · k_w live copies)
-        shifted = jax.lax.dynamic_slice(padded, (0, offset[0], offset[1], 0), (n, *span, channels))
-        shifted = shifted[:, ::strides[0], ::strides[1]].reshape(-1, channels)
-        return None, jax.lax.dot_general(shifted, g, (((0,), (0,)), ((), ())), precision=precision,
-                                         preferred_element_type=jnp.float32)
-
-    offsets = jnp.array([(i, j) for i in range(k_h) for j in range(k_w)], jnp.int32)
-    _, taps = jax.lax.scan(tap, None, offsets)
-    dkernel = taps.reshape(k_h, k_w, channels, features).astype(kernel.dtype)
-    return dx, dkernel
-
-
-_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
-
-
-def _conv_fn(impl: str):
-    """The ``conv_general_dilated`` of ``nnx.Conv`` for a :data:`CONV_IMPLS` entry."""
-    return folded_conv_general_dilated if impl == "folded" else (
-        _auto_conv_general_dilated if impl == "auto" else jax.lax.conv_general_dilated)
-
-
-def _auto_conv_general_dilated(*args, **kwargs):
-    """``"auto"``: folded on CPU, native elsewhere (decided when traced)."""
-    fn = folded_conv_general_dilated if jax.default_backend() == "cpu" else jax.lax.conv_general_dilated
-    return fn(*args, **kwargs)
 
 
 def max_pool_2(x: jax.Array) -> jax.Array:
@@ -266,10 +127,10 @@ class ConvBlock(nnx.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, *, stride: int, norm: str, activation: str,
-                 dtype: jnp.dtype, rngs: nnx.Rngs, conv_impl: str = "auto"):
+                 dtype: jnp.dtype, rngs: nnx.Rngs, conv: Callable = jax.lax.conv_general_dilated):
         self.conv = nnx.Conv(in_features, out_features, (3, 3, 3), strides=stride, padding=1,
                              use_bias=norm == "none", kernel_init=lecun_normal, dtype=dtype,
-                             param_dtype=jnp.float32, conv_general_dilated=_conv_fn(conv_impl), rngs=rngs)
+                             param_dtype=jnp.float32, conv_general_dilated=conv, rngs=rngs)
         if norm == "none":
             self.norm = None
         else:
@@ -301,8 +162,8 @@ class Stage(nnx.Module):
     stride 2) or ``None``."""
 
     def __init__(self, in_features: int, out_features: int, *, downsample: str | None, norm: str,
-                 activation: str, dtype: jnp.dtype, remat: bool, conv_impl: str, rngs: nnx.Rngs):
-        kw = dict(norm=norm, activation=activation, dtype=dtype, conv_impl=conv_impl, rngs=rngs)
+                 activation: str, dtype: jnp.dtype, remat: bool, conv: Callable, rngs: nnx.Rngs):
+        kw = dict(norm=norm, activation=activation, dtype=dtype, conv=conv, rngs=rngs)
         self.first = ConvBlock(in_features, out_features, stride=2 if downsample == "stride" else 1, **kw)
         self.second = ConvBlock(out_features, out_features, stride=1, **kw)
         self.pool = downsample == "maxpool"
@@ -322,12 +183,12 @@ class Upsample(nnx.Module):
     transposed convolution with stride 2.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, mode: str, dtype: jnp.dtype, conv_impl: str,
+    def __init__(self, in_features: int, out_features: int, *, mode: str, dtype: jnp.dtype, conv: Callable,
                  rngs: nnx.Rngs):
         self.mode = mode
         if mode == "trilinear":
             self.proj = nnx.Conv(in_features, out_features, (1, 1, 1), kernel_init=lecun_normal, dtype=dtype,
-                                 param_dtype=jnp.float32, conv_general_dilated=_conv_fn(conv_impl), rngs=rngs)
+                                 param_dtype=jnp.float32, conv_general_dilated=conv, rngs=rngs)
         else:
             self.proj = nnx.ConvTranspose(in_features, out_features, (2, 2, 2), strides=2,
                                           kernel_init=lecun_normal, dtype=dtype, param_dtype=jnp.float32,
@@ -372,8 +233,9 @@ class UNet3D(nnx.Module):
         ``"transpose"`` (stride-2 transposed conv).
       downsample: ``"maxpool"`` (``2³`` max pooling before the stage, the reference, default)
         or ``"stride"`` (stride 2 in the stage's first conv); same parameters.
-      conv_impl: ``"auto"`` (default), ``"native"`` or ``"folded"``: how the convolutions are
-        written for XLA (module docstring); same parameters and results.
+      conv: the ``jax.lax.conv_general_dilated`` of every convolution (default: that function);
+        :func:`labelset_jax.models.create_model` passes the CPU form on CPU
+        (:mod:`labelset_jax.models.cpu_conv`). Same parameters and results.
       deep_supervision: add a logits head to every decoder level (see Returns).
       remat: rematerialise each stage in the backward pass (less memory, same results).
       dtype: computation dtype, a floating type (parameters are always float32).
@@ -403,7 +265,8 @@ class UNet3D(nnx.Module):
     def __init__(self, *, num_classes: int, in_channels: int = 1, num_levels: int = 5, base_features: int = 30,
                  max_features: int = 320, norm: str = "instance", activation: str = "leaky_relu",
                  upsample: str = "trilinear", downsample: str = "maxpool", deep_supervision: bool = False,
-                 remat: bool = False, conv_impl: str = "auto", dtype: DTypeLike = jnp.float32, rngs: nnx.Rngs):
+                 remat: bool = False, conv: Callable = jax.lax.conv_general_dilated, dtype: DTypeLike = jnp.float32,
+                 rngs: nnx.Rngs):
         _check_int("num_classes", num_classes, 1)
         _check_int("in_channels", in_channels, 1)
         _check_int("num_levels", num_levels, 1)
@@ -413,7 +276,8 @@ class UNet3D(nnx.Module):
         _check_choice("activation", activation, ACTIVATIONS)
         _check_choice("upsample", upsample, UPSAMPLES)
         _check_choice("downsample", downsample, DOWNSAMPLES)
-        _check_choice("conv_impl", conv_impl, CONV_IMPLS)
+        if not callable(conv):
+            raise ValueError(f"conv must be a conv_general_dilated callable, got {conv!r}")
         _check_choice("deep_supervision", deep_supervision, (False, True))
         _check_choice("remat", remat, (False, True))
         try:
@@ -429,11 +293,10 @@ class UNet3D(nnx.Module):
         self.features = tuple(int(min(base_features * 2**level, max_features)) for level in range(num_levels))
         self.deep_supervision = bool(deep_supervision)
         self.downsample = downsample
-        self.conv_impl = conv_impl
         self.dtype = dtype
 
         f = self.features
-        kw = dict(norm=norm, activation=activation, dtype=dtype, remat=bool(remat), conv_impl=conv_impl, rngs=rngs)
+        kw = dict(norm=norm, activation=activation, dtype=dtype, remat=bool(remat), conv=conv, rngs=rngs)
         # encoder[l]: level l (downsampled from level 1 on); encoder[-1] is the bottleneck.
         self.encoder = nnx.List(
             [Stage(in_channels if l == 0 else f[l - 1], f[l], downsample=None if l == 0 else downsample, **kw)
@@ -441,7 +304,7 @@ class UNet3D(nnx.Module):
         )
         # upsamples[l]: level l+1 -> level l; decoder[l]: the stage at level l after the concatenation.
         self.upsamples = nnx.List(
-            [Upsample(f[l + 1], f[l], mode=upsample, dtype=dtype, conv_impl=conv_impl, rngs=rngs)
+            [Upsample(f[l + 1], f[l], mode=upsample, dtype=dtype, conv=conv, rngs=rngs)
              for l in range(num_levels - 1)]
         )
         self.decoder = nnx.List([Stage(2 * f[l], f[l], downsample=None, **kw) for l in range(num_levels - 1)])
@@ -449,7 +312,7 @@ class UNet3D(nnx.Module):
         num_heads = max(num_levels - 1, 1) if deep_supervision else 1
         self.heads = nnx.List(
             [nnx.Conv(f[l], num_classes, (1, 1, 1), kernel_init=lecun_normal, dtype=dtype, param_dtype=jnp.float32,
-                      conv_general_dilated=_conv_fn(conv_impl), rngs=rngs)
+                      conv_general_dilated=conv, rngs=rngs)
              for l in range(num_heads)]
         )
 
