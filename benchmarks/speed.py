@@ -134,7 +134,7 @@ def load_average() -> str:
 def describe(model, config) -> str:
     return (f"{config.model.get('preset', 'small')} model, features {model.features}, {count_params(model):,} "
             f"parameters, downsample={model.downsample}, conv={conv_name(model)}, "
-            f"remat={bool(config.model.get('remat', False))}")
+            f"remat={bool(config.model.get('remat', False))}, dtype={config.model.get('dtype', 'float32')}")
 
 
 def conv_name(model) -> str:

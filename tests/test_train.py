@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -313,3 +314,21 @@ def test_deep_supervision_loss_weighs_the_heads_and_trains_the_auxiliary_head():
     assert only_auxiliary, "the auxiliary head has parameters of its own"
     with_heads = grads(True)
     assert all(np.any(with_heads[i]) for i in only_auxiliary)
+
+
+def test_bfloat16_model_trains_evaluates_and_predicts(tmp_path):
+    """Mixed precision: ``config.model.dtype="bfloat16"`` computes the network in bfloat16 while the
+    parameters, the optimiser state, the loss and the output probabilities stay float32."""
+    config = tiny(default.get_config(), num_steps=2, eval_every=2)
+    config.model.dtype = "bfloat16"
+    result = train.train_and_evaluate(config, tmp_path)
+    assert np.isfinite(result["train/loss"]) and 0.0 <= result["val/dice_mean"] <= 1.0
+    trained = train.load_trained(tmp_path)
+    assert {leaf.dtype for leaf in jax.tree.leaves(trained.state)} <= {np.dtype(np.float32), np.dtype(np.int32),
+                                                                       np.dtype(np.uint32)}
+    case = input_pipeline.create_datasets(config.data, seed=config.seed).val[0]
+    prediction = predict_case(trained, case.image, EvalSettings.from_config(trained.config))
+    assert prediction.probs.dtype == np.float32 and prediction.labels.shape == case.labels.shape
+    np.testing.assert_allclose(prediction.probs.sum(-1), 1.0, atol=1e-3)
+    logits = trained.apply_fn(jnp.zeros((1, 16, 16, 16, 1)), trained.state)
+    assert logits.dtype == jnp.float32
