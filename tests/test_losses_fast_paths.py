@@ -1,7 +1,8 @@
-"""The fused losses (closed-form gradients, voxels visited in chunks) on volumes large enough to be
-processed in several chunks, through the public API: values against the float64 references,
-gradients against plain autodiff of a textbook formulation and against float64 finite differences,
-vmap and a device mesh."""
+"""The fused losses (closed-form gradients; on CPU, voxels visited in chunks) through the public API,
+on volumes processed in many chunks (the chunk size is made small here): values against the
+float64 references, gradients against plain autodiff of a textbook formulation and against float64
+finite differences, the chunked and the dense forms against each other, a graph that does not grow
+with the number of classes, vmap and a device mesh."""
 
 from __future__ import annotations
 
@@ -16,13 +17,24 @@ import numpy as np
 import pytest
 
 from labelset_jax import losses
+from labelset_jax.labelsets import LabelSpace
+from labelset_jax.losses import _common
 from labelset_jax.labelsets import FETAL_BRAIN
 from tests import reference_losses as ref
 
 SPACE = FETAL_BRAIN
 SETS = SPACE.to_superset_map()
 C = SPACE.num_classes
-SHAPE = (2, 64, 64, 64)  # 4.7 M logits
+SHAPE = (2, 16, 16, 12)  # 110,592 logits: 28 chunks of 227 voxels, the last one overlapping
+SMALL_CHUNKS = _common.Execution(chunk_elements=2**12, unroll_channels=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def small_chunks():
+    """The CPU execution with chunks of 4,096 logits, so that small volumes span many chunks."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(_common.EXECUTION, "cpu", SMALL_CHUNKS)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +169,37 @@ def test_vmap_over_samples_equals_the_batch(volume, name):
     np.testing.assert_allclose(mapped_grad, grad, rtol=1e-4, atol=1e-5 * float(jnp.abs(grad).max()))
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_chunked_and_dense_forms_give_the_same_values_and_gradients(volume, name, monkeypatch):
+    """The CPU form (many chunks, unrolled channel sums) and the dense form of GPUs and TPUs (one
+    pass, reductions over the channels)."""
+    weights = jnp.array([1.0, 3.0])
+    loss = CASES[name][0]
+    results = []
+    for execution in (SMALL_CHUNKS, _common.DENSE):
+        monkeypatch.setitem(_common.EXECUTION, "cpu", execution)
+        # a new function each time: jit traces it anew, under this execution
+        results.append(jax.jit(jax.value_and_grad(
+            lambda z: jnp.sum(loss(z, volume, reduction="none") * weights)))(volume[0]))
+    (chunked, chunked_grad), (dense, dense_grad) = results
+    np.testing.assert_allclose(chunked, dense, rtol=1e-5)
+    np.testing.assert_allclose(chunked_grad, dense_grad, rtol=1e-4, atol=1e-6 * float(jnp.abs(dense_grad).max()))
+
+
+@pytest.mark.parametrize("name", ["leaf_dice", "marginal_dice", "marginal_cross_entropy", "leaf_dice_ce"])
+def test_the_graph_does_not_grow_with_the_number_of_classes(name):
+    """Value and gradient with C = 117 (TotalSegmentator) lower to no more operations than with
+    C = 9: nothing is unrolled over the classes beyond the CPU form's few channels."""
+    sizes = {}
+    for num_classes in (9, 117):
+        space, _ = LabelSpace.leaves(num_classes).with_set(list(range(1, num_classes // 2)))
+        z, g = jnp.zeros((1, 8, 8, 8, num_classes)), jnp.zeros((1, 8, 8, 8), jnp.int32)
+        fn = getattr(losses, name)
+        text = jax.jit(jax.value_and_grad(lambda z: fn(z, g, label_space=space))).lower(z).as_text()
+        sizes[num_classes] = text.count("\n")
+    assert sizes[117] <= sizes[9], sizes
+
+
 MESH_SCRIPT = textwrap.dedent(
     """
     import jax
@@ -167,8 +210,10 @@ MESH_SCRIPT = textwrap.dedent(
     from labelset_jax.labelsets import FETAL_BRAIN as S
     mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     rng = np.random.default_rng(9)
-    logits = rng.normal(scale=3.0, size=(4, 400_000, 9)).astype(np.float32)  # several chunks
-    labels = rng.integers(0, S.num_ids, size=(4, 400_000)).astype(np.int32)
+    from labelset_jax.losses import _common
+    _common.EXECUTION["cpu"] = _common.Execution(chunk_elements=2**12, unroll_channels=16)
+    logits = rng.normal(scale=3.0, size=(4, 4_000, 9)).astype(np.float32)  # several chunks
+    labels = rng.integers(0, S.num_ids, size=(4, 4_000)).astype(np.int32)
     z = jax.device_put(logits, NamedSharding(mesh, P("data")))
     g = jax.device_put(labels, NamedSharding(mesh, P("data")))
     for name, options in [("leaf_dice", {}), ("marginal_dice", {"batch_dice": True}),

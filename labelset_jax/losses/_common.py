@@ -7,7 +7,7 @@ rows ``m = M[g]`` and set sizes ``|g|`` gathered per voxel; every loss module bu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -141,29 +141,65 @@ def leaf_targets(labels: Array, num_classes: int) -> Array:
     return (labels[..., None] == jnp.arange(num_classes, dtype=labels.dtype)).astype(jnp.float32)
 
 
-def channel_sum(x: Array) -> Array:
-    """``Σ_c x[..., c]`` with keepdims, written as a sum of the ``C`` channel slices.
+# ------------------------------------------------------------------ per-backend execution
+# The one seam for the backend-specific forms of the fused losses; every backend computes the same
+# values and gradients. XLA:CPU writes the inputs of its reductions to memory, so on CPU the fused
+# losses visit the voxels in chunks of about `chunk_elements` logits in a sequential
+# `lax.fori_loop` (per-voxel temporaries then exist for one chunk at a time: value and gradient
+# need the arguments, the gradient and O(chunk) more memory), and reduce over up to
+# `unroll_channels` channels as a chain of elementwise operations, which it fuses into their
+# consumer. GPUs and TPUs fuse reductions themselves and run loops sequentially: there the losses
+# are one dense expression, and the channel reductions are reductions (a graph whose size does
+# not grow with the number of classes). The CPU constants are measured in benchmarks/RESULTS.md.
 
-    Same value as ``jnp.sum(x, axis=-1, keepdims=True)``; the unrolled form stays one elementwise
-    expression that every XLA backend fuses into its consumer.
-    """
+
+class Execution(NamedTuple):
+    """How the fused losses are written for a backend: voxels per chunk of the sequential loop
+    (``None``: one dense pass) and the widest channel axis whose reductions are unrolled."""
+
+    chunk_elements: int | None
+    unroll_channels: int
+
+
+EXECUTION = {"cpu": Execution(chunk_elements=2**20, unroll_channels=16)}
+"""The backends with their own :class:`Execution`; every other backend gets :data:`DENSE`."""
+
+DENSE = Execution(chunk_elements=None, unroll_channels=0)
+
+
+def execution() -> Execution:
+    """The :class:`Execution` of JAX's default backend (decided when the loss is traced)."""
+    return EXECUTION.get(jax.default_backend(), DENSE)
+
+
+def channel_sum(x: Array) -> Array:
+    """``Σ_c x[..., c]`` with keepdims: a reduction, or on CPU for few channels the sum of the ``C``
+    channel slices (one elementwise expression that XLA:CPU fuses into its consumer)."""
+    if x.shape[-1] > execution().unroll_channels:
+        return jnp.sum(x, axis=-1, keepdims=True)
     total = x[..., 0]
     for c in range(1, x.shape[-1]):
         total = total + x[..., c]
     return total[..., None]
 
 
+def _channel_max(x: Array) -> Array:
+    """``max_c x[..., c]`` without keepdims, written as :func:`channel_sum` is."""
+    if x.shape[-1] > execution().unroll_channels:
+        return jnp.max(x, axis=-1)
+    total = x[..., 0]
+    for c in range(1, x.shape[-1]):
+        total = jnp.maximum(total, x[..., c])
+    return total
+
+
 def set_logsumexp(z: Array, m: Array) -> Array:
     """``log Σ_{c ∈ g} exp(z_c)`` with keepdims, over the leaves of each voxel's set (``m > 0``).
 
-    Stable (shifted by the set's largest logit), unrolled over the static channel axis like
-    :func:`channel_sum`; ``-inf`` for an empty row.
+    Stable (shifted by the set's largest logit); ``-inf`` for an empty row.
     """
     zs = jnp.where(m > 0, z, -jnp.inf)
-    zmax = zs[..., 0]
-    for c in range(1, z.shape[-1]):
-        zmax = jnp.maximum(zmax, zs[..., c])
-    zmax = jax.lax.stop_gradient(zmax[..., None])
+    zmax = jax.lax.stop_gradient(_channel_max(zs)[..., None])
     zmax = jnp.where(zmax > -jnp.inf, zmax, 0.0)  # an empty row: log 0 = -inf, not NaN
     return zmax + jnp.log(channel_sum(jnp.exp(zs - zmax)))
 
@@ -190,19 +226,13 @@ def marginal_log_probs(log_probs: Array, m: Array, size: Array) -> Array:
 
 
 # --------------------------------------------------------------------------- loops over voxels
-# The fused losses (the Dice core, the marginal cross-entropy) visit the voxels in chunks of about
-# _CHUNK_ELEMENTS logits, in a `lax.fori_loop`: whatever per-voxel temporaries a backend chooses
-# to materialise (XLA:CPU writes the inputs of its reductions to memory) then exist for one chunk
-# at a time, so value and gradient need the arguments, the gradient and O(chunk) more memory on
-# every backend. Within a chunk everything is dense: gathers of membership rows, elementwise maps,
-# reductions over the voxel and channel axes. (The chunk size is a trade-off measured in
-# benchmarks/RESULTS.md.)
-_CHUNK_ELEMENTS = 2**20
-
-
 def _chunking(batch: int, num_voxels: int, num_channels: int) -> tuple[int, int]:
-    """``(n, k)``: voxels per chunk and number of chunks (the last one may overlap its predecessor)."""
-    n = max(1, min(num_voxels, _CHUNK_ELEMENTS // max(1, batch * num_channels)))
+    """``(n, k)``: voxels per chunk and number of chunks (the last one may overlap its predecessor);
+    ``(num_voxels, 1)`` where the backend runs the loss densely (:func:`execution`)."""
+    chunk_elements = execution().chunk_elements
+    if chunk_elements is None:
+        return num_voxels, 1
+    n = max(1, min(num_voxels, chunk_elements // max(1, batch * num_channels)))
     return n, -(-num_voxels // n)
 
 

@@ -19,9 +19,9 @@ closed-form: with ``a, b, c`` the derivatives of the loss with respect to ``S^pt
 (taken by ``jax.vjp`` on the tiny ``[B, C]`` sums),
 ``∂L/∂p̂_ic = a_c ∂ι/∂p̂ + b_c α p̂_ic^{α-1}``, mapped through ``Φ_g`` (its own adjoint) for marginal
 Dice and through the softmax Jacobian to the logits. The residuals are the inputs and the sums;
-the backward pass recomputes the softmax. Both passes visit the voxels in chunks, each chunk a
-dense computation from gathered membership rows, so that value and gradient need no temporary of
-the logits' size (benchmarks/RESULTS.md has the memory and timings).
+the backward pass recomputes the softmax. Each pass is a dense computation from gathered
+membership rows; on CPU both visit the voxels in chunks (``_common.execution``), so that value and
+gradient need no temporary of the logits' size (benchmarks/RESULTS.md has the memory and timings).
 """
 
 from __future__ import annotations

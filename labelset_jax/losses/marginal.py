@@ -83,7 +83,7 @@ def marginal_cross_entropy(
 
 # The marginal cross-entropy has a closed-form gradient, ∂/∂z_c = p_c − 1[c ∈ g] p_c / Σ_{c'∈g} p_c'
 # (the softmax minus the softmax restricted to the set), so, like the Dice core, it keeps only its
-# inputs as residuals and visits the voxels in chunks in both passes.
+# inputs as residuals; on CPU both passes visit the voxels in chunks (``_common.execution``).
 def _flat(logits: Array, labels: Array) -> tuple[Array, Array]:
     return _common.flatten_spatial(logits, channels=True), _common.flatten_spatial(labels, channels=False)
 
