@@ -242,6 +242,22 @@ def check_resume(config: ml_collections.ConfigDict, label_space, workdir: str | 
     return changed
 
 
+def check_loss_fits_labels(config: ml_collections.ConfigDict, train_cases, num_classes: int) -> None:
+    """Once per dataset (the losses themselves never read label values): a classical loss excludes
+    label-set voxels, so training one on cases that annotate some leaves only as sets would
+    silently drop what those sets say. (The ignore label alone is fine: a classical loss excludes
+    it, as nnU-Net does.) Raises ``ValueError`` naming the loss and the way out."""
+    if losses.takes_label_space(config.loss) or config.data.get("label_transform", "none") != "none":
+        return  # a label-set loss, or set ids already mapped to leaves (naive) or dropped (full_only)
+    partial = [case.id for case in train_cases if case.annotated is not None and len(case.annotated) < num_classes]
+    if partial:
+        raise ValueError(
+            f"config.loss={config.loss!r} is a classical loss: it would ignore the label-set voxels of "
+            f"{len(partial)} partially annotated training case(s) (e.g. {partial[0]!r}); use a label-set loss "
+            "(leaf_dice, marginal_dice, marginal_cross_entropy, ...) or config.data.label_transform='naive' "
+            "or 'full_only'")
+
+
 # --------------------------------------------------------------------------- the step
 def make_loss_fn(config: ml_collections.ConfigDict, label_space):
     """``(logits or list of deep-supervision logits, labels) -> scalar`` for the configured loss."""
@@ -392,6 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     datasets = input_pipeline.create_datasets(config.data, seed=config.seed)
     label_space = datasets.label_space
+    check_loss_fits_labels(config, datasets.train, label_space.num_classes)
     config = with_input_channels(config, datasets.train)
     config = with_spacing(config, datasets)
     config = with_intensity(config, datasets.train)

@@ -1,7 +1,9 @@
 """Float64 NumPy references of every loss, written from docs/theory.md §2 independently of the library.
 
 Shapes: logits ``[B, N, C]`` (spatial flattened), labels ``[B, N]``; ``sets`` is the superset map
-``{set_id: [leaves]}``. Every function returns per-sample losses ``[B]``.
+``{set_id: [leaves]}``; ``ignore`` the ignore id, if any. Every function returns per-sample losses
+``[B]``. Excluded voxels (a classical loss: ids that are not leaves; a label-set loss: the ignore
+id) are removed from the Dice sums and from the voxel means.
 """
 
 from __future__ import annotations
@@ -74,19 +76,34 @@ def dice_semimetric_loss(pred, target, *, eps=1e-5, smooth_nr=0.0, include_backg
     return np.broadcast_to(loss, (pred.shape[0],))
 
 
+def kept(labels, upper, ignore=None):
+    """1.0 where a voxel counts: ``0 <= id < upper`` and not ``ignore``; ``[B, N, 1]``."""
+    labels = np.asarray(labels)
+    return ((labels >= 0) & (labels < upper) & (labels != ignore))[..., None].astype(np.float64)
+
+
+def voxel_mean(per_voxel, w):
+    return (per_voxel * w[..., 0]).sum(-1) / np.maximum(w[..., 0].sum(-1), 1.0)
+
+
 def cross_entropy(logits, labels, num_classes):
-    p = softmax(logits)
-    return -np.log(np.take_along_axis(p, np.asarray(labels)[..., None], -1)[..., 0]).mean(-1)
+    """Over the leaf voxels; other ids are excluded."""
+    w = kept(labels, num_classes)
+    safe = np.where(w[..., 0] > 0, labels, 0)
+    nll = -np.log(np.take_along_axis(softmax(logits), np.asarray(safe)[..., None], -1)[..., 0])
+    return voxel_mean(nll, w)
 
 
 def focal(logits, labels, num_classes, gamma):
+    w = kept(labels, num_classes)
     p = softmax(logits)
-    t = np.eye(num_classes)[labels]
-    return (-(t * (1 - p) ** gamma * np.log(p)).sum(-1)).mean(-1)
+    t = leaf_targets(labels, num_classes)
+    return voxel_mean(-(t * (1 - p) ** gamma * np.log(p)).sum(-1), w)
 
 
 def soft_dice(logits, labels, num_classes, **options):
-    return dice_loss(softmax(logits), np.eye(num_classes)[labels], **options)
+    w = kept(labels, num_classes)
+    return dice_loss(softmax(logits) * w, leaf_targets(labels, num_classes), **options)
 
 
 def leaf_targets(labels, num_classes):
@@ -95,8 +112,9 @@ def leaf_targets(labels, num_classes):
     return (labels[..., None] == np.arange(num_classes)).astype(np.float64)
 
 
-def leaf_dice(logits, labels, num_classes, sets, **options):
-    return dice_loss(softmax(logits), leaf_targets(labels, num_classes), **options)
+def leaf_dice(logits, labels, num_classes, sets, ignore=None, **options):
+    w = kept(labels, np.inf, ignore)
+    return dice_loss(softmax(logits) * w, leaf_targets(labels, num_classes) * w, **options)
 
 
 def marginal_maps(logits, labels, num_classes, sets):
@@ -108,16 +126,19 @@ def marginal_maps(logits, labels, num_classes, sets):
     return np.where(m > 0, set_mass / size, p), m / size
 
 
-def marginal_dice(logits, labels, num_classes, sets, **options):
-    return dice_loss(*marginal_maps(logits, labels, num_classes, sets), **options)
+def marginal_dice(logits, labels, num_classes, sets, ignore=None, **options):
+    w = kept(labels, np.inf, ignore)
+    phi_p, phi_t = marginal_maps(logits, labels, num_classes, sets)
+    return dice_loss(phi_p * w, phi_t * w, **options)
 
 
-def soft_target_dice(logits, labels, num_classes, sets, **options):
+def soft_target_dice(logits, labels, num_classes, sets, ignore=None, **options):
+    w = kept(labels, np.inf, ignore)
     _, phi_t = marginal_maps(logits, labels, num_classes, sets)
-    return dice_loss(softmax(logits), phi_t, **options)
+    return dice_loss(softmax(logits) * w, phi_t * w, **options)
 
 
-def marginal_cross_entropy(logits, labels, num_classes, sets):
+def marginal_cross_entropy(logits, labels, num_classes, sets, ignore=None):
     """-mean_i log Σ_{c ∈ g_i} p_ic, with log-sum-exp over the set (exact for any logits)."""
     z = np.asarray(logits, np.float64)
     m = membership_rows(labels, num_classes, sets) > 0
@@ -125,7 +146,7 @@ def marginal_cross_entropy(logits, labels, num_classes, sets):
     top_set = np.where(m, z, -np.inf).max(-1, keepdims=True)
     lse = top[..., 0] + np.log(np.exp(z - top).sum(-1))
     lse_set = top_set[..., 0] + np.log(np.exp(np.where(m, z - top_set, -np.inf)).sum(-1))
-    return (lse - lse_set).mean(-1)
+    return voxel_mean(lse - lse_set, kept(labels, np.inf, ignore))
 
 
 def marginal_focal(logits, labels, num_classes, sets, gamma):

@@ -20,6 +20,7 @@ from tests import reference_losses as ref
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 SPACE = LabelSpace.from_superset_map(5, {5: [3, 4], 6: [1, 2, 3, 4], 7: [0, 1, 2, 3, 4]}, ignore_id=7)
 SETS = SPACE.to_superset_map()
+IGNORE = SPACE.ignore_id
 
 
 def one_hot_logits(predicted, num_classes, scale=1000.0):
@@ -103,17 +104,17 @@ class TestAgainstNumpy:
     def test_leaf_dice(self, seed, options):
         logits, labels = random_case(seed)
         ours = losses.leaf_dice(logits, labels, label_space=SPACE, reduction="none", **options)
-        self.check(ours, ref.leaf_dice(*flat(logits, labels), 5, SETS, **options))
+        self.check(ours, ref.leaf_dice(*flat(logits, labels), 5, SETS, ignore=IGNORE, **options))
 
     def test_marginal_dice(self, seed, options):
         logits, labels = random_case(seed)
         ours = losses.marginal_dice(logits, labels, label_space=SPACE, reduction="none", **options)
-        self.check(ours, ref.marginal_dice(*flat(logits, labels), 5, SETS, **options))
+        self.check(ours, ref.marginal_dice(*flat(logits, labels), 5, SETS, ignore=IGNORE, **options))
 
     def test_soft_target_dice(self, seed, options):
         logits, labels = random_case(seed)
         ours = losses.soft_target_dice(logits, labels, label_space=SPACE, reduction="none", **options)
-        self.check(ours, ref.soft_target_dice(*flat(logits, labels), 5, SETS, **options))
+        self.check(ours, ref.soft_target_dice(*flat(logits, labels), 5, SETS, ignore=IGNORE, **options))
 
     def test_soft_dice_with_soft_targets(self, seed, options):
         logits, _ = random_case(seed, with_sets=False)
@@ -162,7 +163,7 @@ class TestOtherLossesAgainstNumpy:
     def test_marginal_cross_entropy(self, seed):
         logits, labels = random_case(seed)
         ours = losses.marginal_cross_entropy(logits, labels, label_space=SPACE, reduction="none")
-        np.testing.assert_allclose(ours, ref.marginal_cross_entropy(*flat(logits, labels), 5, SETS), rtol=1e-5)
+        np.testing.assert_allclose(ours, ref.marginal_cross_entropy(*flat(logits, labels), 5, SETS, ignore=IGNORE), rtol=1e-5)
 
     @pytest.mark.parametrize("gamma", [0.0, 2.0])
     def test_marginal_focal(self, seed, gamma):
@@ -175,7 +176,7 @@ class TestOtherLossesAgainstNumpy:
         logits, labels = random_case(seed)
         ours = losses.leaf_dice_ce(logits, labels, label_space=SPACE, reduction="none")
         f = flat(logits, labels)
-        expected = ref.leaf_dice(*f, 5, SETS) + ref.marginal_cross_entropy(*f, 5, SETS)
+        expected = ref.leaf_dice(*f, 5, SETS, ignore=IGNORE) + ref.marginal_cross_entropy(*f, 5, SETS, ignore=IGNORE)
         np.testing.assert_allclose(ours, expected, rtol=1e-5)
 
 
@@ -189,8 +190,11 @@ def test_cross_entropy_matches_optax():
 @pytest.mark.parametrize("options", [{}, {"squared": False, "batch_dice": True}], ids=["default", "linear,batch"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_marginal_dice_equals_marginalized_soft_dice(seed, options):
-    """The fused marginal Dice and the generic transform applied to soft_dice: values and gradients."""
+    """The fused marginal Dice and the generic transform applied to soft_dice: values and gradients
+    (on labels without the ignore id, which the fused loss excludes and the transform turns into a
+    constant)."""
     logits, labels = random_case(seed)
+    labels = np.where(labels == IGNORE, 0, labels)
     fused = functools.partial(losses.marginal_dice, labels=labels, label_space=SPACE, **options)
     generic = functools.partial(losses.marginalize(losses.soft_dice), labels=labels, label_space=SPACE,
                                 **options)
@@ -201,6 +205,7 @@ def test_marginal_dice_equals_marginalized_soft_dice(seed, options):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_marginalized_cross_entropy_is_marginal_ce_plus_log_set_size(seed):
     logits, labels = random_case(seed)
+    labels = np.where(labels == IGNORE, 0, labels)  # as above
     generic = losses.marginalize(losses.cross_entropy)(logits, labels, label_space=SPACE, reduction="none")
     marginal = losses.marginal_cross_entropy(logits, labels, label_space=SPACE, reduction="none")
     log_size = np.log(SPACE.set_sizes[labels]).reshape(2, -1).mean(-1)
@@ -214,8 +219,8 @@ def test_marginalize_names_and_checks():
     marginal_generalized = losses.marginalize(losses.generalized_dice)
     assert marginal_generalized.__name__ == "marginal_generalized_dice"
     logits, labels = random_case(3)
-    with pytest.raises(ValueError, match=r"marginalize\(generalized_dice\).*label id"):
-        marginal_generalized(logits, np.full_like(labels, 9), label_space=SPACE)
+    with pytest.raises(ValueError, match=r"marginalize\(generalized_dice\).*channels"):
+        marginal_generalized(logits[..., :4], labels, label_space=SPACE)
 
 
 # ----------------------------------------------------------------------------- gradients vs float64
@@ -228,9 +233,9 @@ DICE_REFERENCES = {
     "soft_dice": (losses.soft_dice, lambda z, g, **o: ref.soft_dice(z, g, 5, **o)),
     "generalized_dice": (losses.generalized_dice, lambda z, g, **o: ref.generalized_dice_loss(
         ref.softmax(z), np.eye(5)[g], **o)),
-    "leaf_dice": (losses.leaf_dice, lambda z, g, **o: ref.leaf_dice(z, g, 5, SETS, **o)),
-    "marginal_dice": (losses.marginal_dice, lambda z, g, **o: ref.marginal_dice(z, g, 5, SETS, **o)),
-    "soft_target_dice": (losses.soft_target_dice, lambda z, g, **o: ref.soft_target_dice(z, g, 5, SETS, **o)),
+    "leaf_dice": (losses.leaf_dice, lambda z, g, **o: ref.leaf_dice(z, g, 5, SETS, ignore=IGNORE, **o)),
+    "marginal_dice": (losses.marginal_dice, lambda z, g, **o: ref.marginal_dice(z, g, 5, SETS, ignore=IGNORE, **o)),
+    "soft_target_dice": (losses.soft_target_dice, lambda z, g, **o: ref.soft_target_dice(z, g, 5, SETS, ignore=IGNORE, **o)),
     "dice_semimetric": (losses.dice_semimetric, lambda z, g, **o: ref.dice_semimetric_loss(
         ref.softmax(z), np.eye(5)[g], **o)),
 }
@@ -289,7 +294,7 @@ def test_marginal_cross_entropy_gradient_matches_float64_finite_differences(scal
     ours = jax.grad(lambda z: weighted(losses.marginal_cross_entropy(z, labels, label_space=SPACE,
                                                                      reduction="none")))(logits)
     z, g = flat(logits, labels)
-    want = ref.numerical_gradient(lambda z: weighted(ref.marginal_cross_entropy(z, g, 5, SETS)), z)
+    want = ref.numerical_gradient(lambda z: weighted(ref.marginal_cross_entropy(z, g, 5, SETS, ignore=IGNORE)), z)
     np.testing.assert_allclose(np.asarray(ours).reshape(want.shape), want, rtol=1e-4, atol=1e-6)
 
 
@@ -298,7 +303,7 @@ def test_marginal_cross_entropy_is_exact_for_huge_logits():
     logits, labels = random_case(2)
     logits = np.sign(logits) * 1e4
     ours = losses.marginal_cross_entropy(logits, labels, label_space=SPACE, reduction="none")
-    np.testing.assert_allclose(ours, ref.marginal_cross_entropy(*flat(logits, labels), 5, SETS), rtol=1e-5)
+    np.testing.assert_allclose(ours, ref.marginal_cross_entropy(*flat(logits, labels), 5, SETS, ignore=IGNORE), rtol=1e-5)
     grads = jax.grad(lambda z: losses.marginal_cross_entropy(z, labels, label_space=SPACE))(logits)
     assert np.isfinite(grads).all()
 
@@ -364,6 +369,32 @@ def cases(draw, space=SPACE, shape=(2, 4, 3)):
                              elements=st.floats(-8, 8, width=32, allow_nan=False)))
     seed = draw(st.integers(0, 2**31 - 1))
     return logits, labels, seed
+
+
+ALL_LOSSES = {**losses.CLASSICAL_LOSSES, **losses.LABEL_SET_LOSSES, **losses.BASELINE_LOSSES}
+
+
+def _weighted_loss(name, logits, labels):
+    return jnp.sum(ALL_LOSSES[name](logits, labels, label_space=SPACE, reduction="none") * jnp.array([1.0, 2.0]))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_weighted_loss(name):
+    """Compiled once per loss (the labels are an argument, not a constant)."""
+    return jax.jit(jax.value_and_grad(functools.partial(_weighted_loss, name)))
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
+@SETTINGS
+@given(logits=hnp.arrays(np.float32, (2, 4, 3, 5), elements=st.floats(-8, 8, width=32)),
+       labels=hnp.arrays(np.int32, (2, 4, 3), elements=st.integers(-2, 10)))
+def test_eager_and_jit_give_the_same_loss_and_gradient(name, logits, labels):
+    """Any label map (leaves, set ids, the ignore id, unknown ids): one semantics, eager or jitted."""
+    eager = jax.value_and_grad(_weighted_loss, argnums=1)(name, logits, labels)
+    jitted = _jitted_weighted_loss(name)(logits, labels)
+    np.testing.assert_allclose(eager[0], jitted[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(eager[1], jitted[1], rtol=1e-4, atol=1e-6)
+    assert np.isfinite(eager[0]) and np.isfinite(eager[1]).all()
 
 
 def redistribute_inside_sets(logits, labels, space, seed):
@@ -440,6 +471,16 @@ def test_soft_target_dice_is_not_a_label_set_loss():
 
 # ----------------------------------------------------------------------------- autodiff and edge cases
 ALL_LOSSES = {**losses.CLASSICAL_LOSSES, **losses.LABEL_SET_LOSSES, **losses.BASELINE_LOSSES}
+
+
+def _weighted_loss(name, logits, labels):
+    return jnp.sum(ALL_LOSSES[name](logits, labels, label_space=SPACE, reduction="none") * jnp.array([1.0, 2.0]))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_weighted_loss(name):
+    """Compiled once per loss (the labels are an argument, not a constant)."""
+    return jax.jit(jax.value_and_grad(functools.partial(_weighted_loss, name)))
 TAKES_SETS = sorted(n for n in ALL_LOSSES if losses.takes_label_space(n))
 
 
@@ -543,18 +584,54 @@ def test_many_classes_against_float64(num_classes):
 
 
 # ----------------------------------------------------------------------------- errors
-def test_classical_loss_rejects_set_ids():
+def test_classical_losses_exclude_ids_that_are_not_leaves():
+    """Set ids, the ignore id and unknown ids: excluded from a classical loss, eagerly and under jit
+    (the float64 references leave those voxels out); ``losses.validate`` is the explicit check."""
     logits, labels = random_case(12)
+    labels[0, 0, 0, 0], labels[1, 0, 0, 0] = -3, 42  # unknown ids too
+    z, g = flat(logits, labels)
+    for name, want in [("soft_dice", ref.soft_dice(z, g, 5)), ("cross_entropy", ref.cross_entropy(z, g, 5)),
+                       ("focal", ref.focal(z, g, 5, 2.0))]:
+        fn = functools.partial(getattr(losses, name), label_space=SPACE, reduction="none")
+        np.testing.assert_allclose(fn(logits, labels), want, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(jax.jit(fn)(logits, labels), want, rtol=1e-5, err_msg=name)
+        # no gradient on the excluded voxels
+        grad = jax.grad(lambda z: jnp.sum(fn(z, labels)))(logits)
+        assert float(jnp.abs(grad[labels >= 5]).max()) == 0.0 and float(jnp.abs(grad[labels < 0]).max()) == 0.0
     with pytest.raises(ValueError, match="label-set id"):
-        losses.soft_dice(logits, labels, label_space=SPACE)
-    with pytest.raises(ValueError, match="label-set id"):
-        losses.cross_entropy(logits, labels, label_space=SPACE)
+        losses.validate(labels.clip(0, 7), label_space=SPACE, classical=True)
+    with pytest.raises(ValueError, match=r"label id\(s\) \[-3, 42\]"):
+        losses.validate(labels, label_space=SPACE)
+    losses.validate(labels.clip(0, 7), label_space=SPACE)  # set ids are fine for a label-set loss
 
 
-def test_unknown_ids_and_shapes_are_rejected():
+def test_label_set_losses_exclude_the_ignore_id_and_unknown_ids():
+    """Every label-set loss: a voxel with the ignore id or an unknown id counts as if it were absent,
+    eagerly and under jit; its gradient is zero."""
     logits, labels = random_case(13)
-    with pytest.raises(ValueError, match=r"label id\(s\) \[9\]"):
-        losses.leaf_dice(logits, np.full_like(labels, 9), label_space=SPACE)
+    labels = np.where(labels == IGNORE, 0, labels)
+    odd = labels.copy()
+    odd[:, 0, :2] = IGNORE
+    odd[:, 1, :1] = 99
+    odd[:, 1, 1:2] = -1
+    keep = (odd == labels)[..., None]  # the voxels of odd that count
+    for name, fn in losses.LABEL_SET_LOSSES.items():
+        if name == "marginal_focal":  # a marginalization: those voxels are a constant there
+            continue
+        f = functools.partial(fn, label_space=SPACE, reduction="none")
+        eager, jitted = f(logits, odd), jax.jit(f)(logits, odd)
+        np.testing.assert_allclose(eager, jitted, rtol=1e-6, err_msg=name)
+        grad = jax.grad(lambda z: jnp.sum(f(z, odd)))(logits)
+        assert float(jnp.abs(jnp.where(keep, 0.0, grad)).max()) == 0.0, name
+    # leaf-Dice with excluded voxels equals leaf-Dice on the counted voxels alone
+    z, g = flat(logits, odd)
+    np.testing.assert_allclose(losses.leaf_dice(logits, odd, label_space=SPACE, reduction="none"),
+                               ref.leaf_dice(z, np.where(g < 0, 7, np.where(g > 7, 7, g)), 5, SETS, ignore=IGNORE),
+                               rtol=1e-5)
+
+
+def test_shapes_dtypes_and_options_are_rejected():
+    logits, labels = random_case(13)
     with pytest.raises(ValueError, match="labels shape"):
         losses.leaf_dice(logits, labels[:, :2], label_space=SPACE)
     with pytest.raises(ValueError, match="channels"):

@@ -332,3 +332,13 @@ def test_bfloat16_model_trains_evaluates_and_predicts(tmp_path):
     np.testing.assert_allclose(prediction.probs.sum(-1), 1.0, atol=1e-3)
     logits = trained.apply_fn(jnp.zeros((1, 16, 16, 16, 1)), trained.state)
     assert logits.dtype == jnp.float32
+
+
+def test_a_classical_loss_on_partially_annotated_cases_is_refused_before_any_work(tmp_path):
+    """The losses never read label values; the training loop checks the dataset once instead."""
+    config = tiny(default.get_config(), loss="soft_dice")  # phantoms with partial protocols
+    with pytest.raises(ValueError, match=r"config.loss='soft_dice' is a classical loss.*label_transform='naive'"):
+        train.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    config.data.label_transform = "naive"
+    train.validate_config(config)

@@ -10,6 +10,27 @@ reduction to the caller: ``"none"`` is that form).
 
 This package imports only ``jax`` and ``numpy``.
 
+What a loss does with each label id is one rule, the same eagerly and under ``jit`` (the losses
+never read label values on the host; :func:`validate` is the explicit check, for a dataset):
+
+=================================  =====================================  ==========================================
+label id                           classical losses (integer labels)      label-set losses and the baseline
+=================================  =====================================  ==========================================
+leaf ``0..C-1``                    its class                              its leaf
+declared set id (``>= C``)         voxel excluded                         its set
+ignore id (the set of all leaves)  voxel excluded                         voxel excluded [*]_
+unknown id (negative, undeclared,  voxel excluded                         voxel excluded [*]_
+``>= K``)
+=================================  =====================================  ==========================================
+
+An excluded voxel adds no loss and no gradient and is left out of the voxel mean (cross-entropy,
+focal) or of the Dice sums; a sample with no counted voxel has loss 0 (cross-entropy) or the Dice
+of empty sums. Soft targets count every voxel.
+
+.. [*] The marginalization of a generic classical loss (:func:`marginalize`, e.g.
+   :func:`marginal_focal`) gives those voxels the set of all leaves instead: a constant with zero
+   gradient.
+
 Classical losses (:data:`CLASSICAL_LOSSES`; full segmentations, integer labels or soft targets):
   :func:`cross_entropy`, :func:`focal`, :func:`soft_dice`, :func:`generalized_dice`,
   :func:`dice_ce`, :func:`dice_semimetric`.
@@ -33,6 +54,7 @@ from labelset_jax.losses.dice import (
     soft_dice,
     soft_target_dice,
 )
+from labelset_jax.losses._common import validate
 from labelset_jax.losses.marginal import marginal_cross_entropy, marginal_focal, marginalize
 
 __all__ = [
@@ -54,6 +76,7 @@ __all__ = [
     "BASELINE_LOSSES",
     "get_loss",
     "takes_label_space",
+    "validate",
 ]
 
 #: Classical losses by name: full segmentations (integer leaf ids) or soft targets.
@@ -98,7 +121,7 @@ def takes_label_space(name: str) -> bool:
     """Whether the loss called ``name`` needs ``label_space=`` (it reads label-set ids).
 
     True for label-set losses and baselines; the classical losses take it only optionally (to
-    reject set ids).
+    check that its leaves match the logits).
 
     >>> takes_label_space("marginal_dice"), takes_label_space("soft_target_dice"), takes_label_space("soft_dice")
     (True, True, False)

@@ -18,11 +18,6 @@ from labelset_jax.labelsets import LabelSpace, validate_labels
 Array = jax.Array
 
 
-def is_concrete(x: Any) -> bool:
-    """True for values that can be read on the host (not traced by ``jit``/``grad``/``vmap``)."""
-    return not isinstance(x, jax.core.Tracer)
-
-
 def check_inputs(
     logits: Array,
     labels: Array,
@@ -31,19 +26,23 @@ def check_inputs(
     fn: str,
     allow_sets: bool,
 ) -> LabelSpace:
-    """Validates shapes (statically) and, for concrete labels, their values; returns the space.
+    """Validates shapes and dtypes (static, so the same eagerly and under ``jit``); returns the space.
+
+    The label values are not read here (no host transfer): what each loss does with ids outside
+    its space is one rule, the same eagerly and jitted (:func:`counted`); :func:`validate` checks
+    the values explicitly.
 
     Args:
       logits: ``[B, *spatial, C]``.
       labels: integer ``[B, *spatial]`` label ids.
       label_space: the space, or ``None`` for leaves ``0..C-1`` only.
       fn: the calling loss's name, for messages.
-      allow_sets: whether set ids (``>= C``) are meaningful for the loss.
+      allow_sets: whether set ids (``>= C``) are meaningful for the loss (label-set losses).
 
     Raises:
-      ValueError: mismatched shapes, ``C`` not matching the space, float labels, or (outside
-        ``jit``) ids that the space does not know or, for classical losses, set ids.
+      ValueError: mismatched shapes, ``C`` not matching the space, float labels.
     """
+    del allow_sets  # what ids mean to each kind of loss: counted()
     if logits.ndim < 2:
         raise ValueError(f"{fn}: logits must be [B, *spatial, C], got shape {logits.shape}")
     num_classes = logits.shape[-1]
@@ -63,16 +62,54 @@ def check_inputs(
         )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"{fn}: labels must hold integer label ids, got dtype {labels.dtype}")
-    if is_concrete(labels):
-        values = np.asarray(labels)
-        if not allow_sets and label_space.has_sets and values.size and values.max() >= num_classes:
-            bad = sorted(int(v) for v in np.unique(values[values >= num_classes])[:10])
-            raise ValueError(
-                f"{fn} is a classical loss: labels hold label-set id(s) {bad}; use a label-set "
-                "loss (leaf_dice, marginal_dice, marginal_cross_entropy, ...)"
-            )
-        validate_labels(values, label_space, what=f"{fn}: labels")
     return label_space
+
+
+def counted(labels: Array, space: LabelSpace, *, classical: bool) -> Array:
+    """Float ``1`` where a voxel counts in the loss, ``0`` where it is excluded (no loss, no gradient,
+    not in the voxel mean), by one rule for every loss, eagerly and under ``jit``:
+
+    * a classical loss counts the leaves ``0..C-1`` and excludes every other id (set ids, the
+      ignore id, ids the space does not know);
+    * a label-set loss counts the leaves and the declared set ids, and excludes the ignore id and
+      unknown ids (negative, undeclared, ``>= K``).
+    """
+    if classical:
+        ok = (labels >= 0) & (labels < space.num_classes)
+    else:
+        valid = np.asarray(space.valid_ids, bool).copy()
+        if space.ignore_id is not None:
+            valid[space.ignore_id] = False
+        inside = (labels >= 0) & (labels < space.num_ids)
+        ok = inside & jnp.asarray(valid)[jnp.clip(labels, 0, space.num_ids - 1)]
+    return ok.astype(jnp.float32)
+
+
+def validate(labels: Any, *, label_space: LabelSpace | None = None, num_classes: int | None = None,
+             classical: bool = False, what: str = "labels") -> None:
+    """Checks label values on the host, once per dataset rather than in every loss call.
+
+    The losses never read label values (eager and jitted calls agree, and no call copies labels
+    to the host): an id outside the space is excluded from the loss (:func:`counted`). This is the
+    explicit check that none is there by mistake.
+
+    Args:
+      labels: integer array-like of label ids.
+      label_space: the space; or ``num_classes`` for leaves only.
+      classical: also reject set ids and the ignore id (which a classical loss excludes).
+      what: how to name the array in the message.
+
+    Raises:
+      ValueError: ids the space does not know, or (``classical``) ids that are not leaves.
+    """
+    space = label_space if label_space is not None else LabelSpace.leaves(int(num_classes))
+    validate_labels(labels, space, what=what)
+    if classical:
+        values = np.unique(np.asarray(labels))
+        bad = values[values >= space.num_classes]
+        if bad.size:
+            raise ValueError(f"{what} hold label-set id(s) {bad[:10].tolist()}, which a classical loss excludes; "
+                             "use a label-set loss (leaf_dice, marginal_dice, marginal_cross_entropy, ...)")
 
 
 def check_soft_targets(logits: Array, targets: Array, *, fn: str, label_space: LabelSpace | None = None) -> None:
@@ -119,11 +156,12 @@ def flatten_spatial(x: Array, *, channels: bool) -> Array:
 def gather_sets(labels: Array, space: LabelSpace) -> tuple[Array, Array]:
     """Per voxel, the membership row ``m = M[g]`` (float ``[..., C]``) and ``|g|`` (``[..., 1]``).
 
-    Ids that name nothing (gaps between set ids, only reachable under ``jit`` where labels are not
-    validated) get an empty row and size 1, so that every map below stays finite.
+    Ids that name nothing get a finite row (an empty one, size 1, for gaps between set ids; a
+    clipped index outside ``0..K-1``); :func:`counted` excludes those voxels.
     """
-    m = jnp.asarray(space.membership, jnp.float32)[labels]
-    size = jnp.asarray(np.maximum(space.set_sizes, 1), jnp.float32)[labels][..., None]
+    index = jnp.clip(labels, 0, space.num_ids - 1)  # out-of-range ids: excluded by counted()
+    m = jnp.asarray(space.membership, jnp.float32)[index]
+    size = jnp.asarray(np.maximum(space.set_sizes, 1), jnp.float32)[index][..., None]
     return m, size
 
 

@@ -18,12 +18,22 @@ Array = jax.Array
 
 
 def _targets_and_log_probs(logits, labels, label_space, fn):
+    """``(t, log p, w)``: targets, log-probabilities and the float ``[B, *spatial]`` mask of the
+    voxels that count (integer labels: the leaves ``0..C-1``; soft targets: every voxel)."""
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     if _common.is_soft(logits, labels):
         _common.check_soft_targets(logits, labels, fn=fn, label_space=label_space)
-        return labels.astype(jnp.float32), log_probs
-    _common.check_inputs(logits, labels, label_space, fn=fn, allow_sets=False)
-    return jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32), log_probs
+        return labels.astype(jnp.float32), log_probs, jnp.ones(labels.shape[:-1], jnp.float32)
+    space = _common.check_inputs(logits, labels, label_space, fn=fn, allow_sets=False)
+    w = _common.counted(labels, space, classical=True)
+    return jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32), log_probs, w
+
+
+def _voxel_mean(per_voxel: Array, w: Array) -> Array:
+    """Per sample, the mean of ``per_voxel`` over the voxels that count (0 when none does): ``[B]``."""
+    per_voxel = _common.flatten_spatial(jnp.where(w > 0, per_voxel, 0.0), channels=False)
+    count = jnp.sum(_common.flatten_spatial(w, channels=False), axis=1)
+    return jnp.sum(per_voxel, axis=1) / jnp.maximum(count, 1.0)
 
 
 def cross_entropy(
@@ -44,8 +54,9 @@ def cross_entropy(
     Args:
       logits: ``[B, *spatial, C]`` unnormalised scores.
       labels: integer leaf ids ``[B, *spatial]``, or soft targets ``[B, *spatial, C]``.
-      label_space: optional; with integer labels, concrete (non-traced) labels holding label-set
-        ids are rejected with a ``ValueError`` (use a label-set loss for partial segmentations).
+      label_space: optional, checked against ``C``. Voxels whose id is not a leaf (label-set ids,
+        the ignore id, unknown ids) are excluded: no loss, no gradient, not in the mean (the table
+        in :mod:`labelset_jax.losses`); use a label-set loss for partial segmentations.
       reduction: ``"mean"`` (scalar batch mean), ``"sum"`` or ``"none"`` (``[B]``).
 
     Returns:
@@ -60,9 +71,8 @@ def cross_entropy(
     References:
       Equals ``optax.softmax_cross_entropy_with_integer_labels`` averaged over voxels.
     """
-    targets, log_probs = _targets_and_log_probs(logits, labels, label_space, "cross_entropy")
-    per_voxel = -jnp.sum(targets * log_probs, axis=-1)
-    per_sample = jnp.mean(_common.flatten_spatial(per_voxel, channels=False), axis=1)
+    targets, log_probs, w = _targets_and_log_probs(logits, labels, label_space, "cross_entropy")
+    per_sample = _voxel_mean(-jnp.sum(targets * log_probs, axis=-1), w)
     return _common.reduce_loss(per_sample, reduction, fn="cross_entropy")
 
 
@@ -102,11 +112,10 @@ def focal(
     References:
       T.-Y. Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017.
     """
-    targets, log_probs = _targets_and_log_probs(logits, labels, label_space, "focal")
+    targets, log_probs, w = _targets_and_log_probs(logits, labels, label_space, "focal")
     modulator = (1.0 - jnp.exp(log_probs)) ** gamma
     weighted = targets * modulator * log_probs
     if alpha is not None:
         weighted = weighted * jnp.asarray(alpha, jnp.float32)
-    per_voxel = -jnp.sum(weighted, axis=-1)
-    per_sample = jnp.mean(_common.flatten_spatial(per_voxel, channels=False), axis=1)
+    per_sample = _voxel_mean(-jnp.sum(weighted, axis=-1), w)
     return _common.reduce_loss(per_sample, reduction, fn="focal")

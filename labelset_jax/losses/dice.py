@@ -55,6 +55,7 @@ class _DiceSpec:
     batch_dice: bool = False
     class_weights: tuple[float, ...] | None = None
     generalized: bool = False
+    count: str = "all"  # "all" (soft targets) | "leaves" (classical) | "sets" (label-set): _common.counted
 
 
 def _loss_from_sums(s_pt: Array, s_pp: Array, s_tt: Array, spec: _DiceSpec, batch: int) -> Array:
@@ -83,15 +84,18 @@ def _loss_from_sums(s_pt: Array, s_pp: Array, s_tt: Array, spec: _DiceSpec, batc
 
 # ------------------------------------------------------------------------------- the Dice core
 def _chunk_maps(z: Array, labels: Array, spec: _DiceSpec):
-    """``(p, p̂, t, m, |g|)`` for one chunk of voxels (``m, |g|``: ``None`` unless gathered)."""
+    """``(p, p̂, t, m, |g|, w)`` for one chunk of voxels (``m, |g|``: ``None`` unless gathered;
+    ``w [..., 1]``: 1 where the voxel counts, ``None`` for soft targets, where every voxel does).
+    An excluded voxel has ``p̂ = t = 0``."""
     probs = _common.softmax(z)
     if spec.target == "soft":
-        return probs, probs, labels.astype(jnp.float32), None, None
+        return probs, probs, labels.astype(jnp.float32), None, None, None
+    w = _common.counted(labels, spec.space, classical=spec.count == "leaves")[..., None]
     if spec.target == "onehot":
-        return probs, probs, _common.leaf_targets(labels, z.shape[-1]), None, None
+        return probs, probs * w, _common.leaf_targets(labels, z.shape[-1]) * w, None, None, w
     m, size = _common.gather_sets(labels, spec.space)
     pred = _common.marginal_probs(probs, m, size) if spec.prediction == "marginal" else probs
-    return probs, pred, _common.uniform_targets(m, size), m, size
+    return probs, pred * w, _common.uniform_targets(m, size) * w, m, size, w
 
 
 def _power(x: Array, spec: _DiceSpec) -> Array:
@@ -100,7 +104,7 @@ def _power(x: Array, spec: _DiceSpec) -> Array:
 
 def _chunk_sums(z: Array, labels: Array, weight: Array | None, *, spec: _DiceSpec):
     """``(S^pt, S^pp, S^tt)`` of one chunk, each ``[B, C]`` (``weight``: the voxels that count)."""
-    _, pred, t, _, _ = _chunk_maps(z, labels, spec)
+    _, pred, t, _, _, _ = _chunk_maps(z, labels, spec)
     inter = jnp.minimum(pred, t) if spec.intersection == "min" else pred * t
     terms = (inter, _power(pred, spec), _power(t, spec))
     if weight is not None:
@@ -122,8 +126,10 @@ def _chunk_grad(z: Array, labels: Array, a: Array, b: Array, *, spec: _DiceSpec)
     * marginal Dice: ``∂L/∂p = Φ_g(d)``, since ``Φ_g`` is a symmetric linear map (its own adjoint);
     * softmax Jacobian: ``∂L/∂z_c = p_c (d_c - Σ_{c'} p_{c'} d_{c'})``.
     """
-    probs, pred, t, m, size = _chunk_maps(z, labels, spec)
+    probs, pred, t, m, size, w = _chunk_maps(z, labels, spec)
     d = a * _d_intersection(pred, t, spec) + (2.0 * b * pred if spec.squared else b)
+    if w is not None:  # p̂ = w · (p or Φ_g(p)): an excluded voxel gets no gradient
+        d = d * w
     if spec.prediction == "marginal":
         d = _common.marginal_probs(d, m, size)
     return probs * (d - _common.channel_sum(probs * d))
@@ -180,7 +186,7 @@ _dice_core.defvjp(_dice_core_fwd, _dice_core_bwd)
 
 # ------------------------------------------------------------------------------- front end
 def _make_spec(space, prediction, target, *, intersection="product", squared, eps, smooth_nr,
-               include_background, batch_dice, class_weights, generalized, fn) -> _DiceSpec:
+               include_background, batch_dice, class_weights, generalized, fn, count="all") -> _DiceSpec:
     if class_weights is not None:
         if isinstance(class_weights, jax.core.Tracer):
             raise ValueError(f"{fn}: class_weights must be static (a sequence of floats), not traced")
@@ -197,7 +203,7 @@ def _make_spec(space, prediction, target, *, intersection="product", squared, ep
         space=space, prediction=prediction, target=target, intersection=intersection,
         squared=bool(squared), eps=float(eps), smooth_nr=float(smooth_nr),
         include_background=bool(include_background), batch_dice=bool(batch_dice),
-        class_weights=class_weights, generalized=generalized,
+        class_weights=class_weights, generalized=generalized, count=count,
     )
 
 
@@ -216,7 +222,7 @@ def _dice_loss(logits, labels, *, label_space, reduction, fn, prediction, target
         spec = _make_spec(space, "softmax", "soft", **options)
     else:
         space = _common.check_inputs(logits, labels, label_space, fn=fn, allow_sets=allow_sets)
-        spec = _make_spec(space, prediction, target, **options)
+        spec = _make_spec(space, prediction, target, count="sets" if allow_sets else "leaves", **options)
     _common.check_reduction(reduction, fn=fn)
     return _common.reduce_loss(_dice_core(logits, labels, spec), reduction, fn=fn)
 
@@ -244,8 +250,9 @@ def soft_dice(
     Args:
       logits: ``[B, *spatial, C]``.
       labels: integer leaf ids ``[B, *spatial]`` or soft targets ``[B, *spatial, C]``.
-      label_space: optional; concrete labels holding set ids are rejected (use
-        :func:`leaf_dice` or :func:`~labelset_jax.losses.marginal_dice`).
+      label_space: optional, checked against ``C``. Voxels whose id is not a leaf are excluded
+        (the table in :mod:`labelset_jax.losses`); for partial segmentations use
+        :func:`leaf_dice` or :func:`~labelset_jax.losses.marginal_dice`.
       squared: squared denominator terms (``α = 2``; MONAI's ``squared_pred``).
       eps: added to the denominator only (MONAI's ``smooth_dr``).
       smooth_nr: added to the numerator (MONAI's ``smooth_nr``).

@@ -88,14 +88,16 @@ def _flat(logits: Array, labels: Array) -> tuple[Array, Array]:
     return _common.flatten_spatial(logits, channels=True), _common.flatten_spatial(labels, channels=False)
 
 
-def _chunk_nll(z: Array, labels: Array, weight: Array | None, *, space: LabelSpace) -> Array:
-    """``Σ_i -log Σ_{c ∈ g_i} p_ic`` over the voxels of one chunk: ``[B]``."""
+def _chunk_nll(z: Array, labels: Array, weight: Array | None, *, space: LabelSpace) -> tuple[Array, Array]:
+    """``(Σ_i w_i (-log Σ_{c ∈ g_i} p_ic), Σ_i w_i)`` over the voxels of one chunk, each ``[B]``, with
+    ``w_i`` 1 for the voxels that count (``_common.counted``)."""
     m, _ = _common.gather_sets(labels, space)
+    w = _common.counted(labels, space, classical=False)
+    if weight is not None:
+        w = w * weight[:, 0]
     z = z.astype(jnp.float32)
     nll = jax.nn.logsumexp(z, axis=-1) - jax.nn.logsumexp(z, axis=-1, where=m > 0)
-    if weight is not None:
-        nll = nll * weight[:, 0]
-    return jnp.sum(nll, axis=1)
+    return jnp.sum(jnp.where(w > 0, nll, 0.0) * w, axis=1), jnp.sum(w, axis=1)
 
 
 def _chunk_nll_grad(z: Array, labels: Array, scale: Array, *, space: LabelSpace) -> Array:
@@ -105,9 +107,10 @@ def _chunk_nll_grad(z: Array, labels: Array, scale: Array, *, space: LabelSpace)
     holds every leaf (the ignore label) gets exactly zero.
     """
     m, size = _common.gather_sets(labels, space)
+    w = _common.counted(labels, space, classical=False)[..., None]
     z = z.astype(jnp.float32)
     set_probs = jnp.where(m > 0, jnp.exp(z - _common.set_logsumexp(z, m)), 0.0)
-    grad = jnp.where(size < z.shape[-1], _common.softmax(z) - set_probs, 0.0)
+    grad = jnp.where((size < z.shape[-1]) & (w > 0), _common.softmax(z) - set_probs, 0.0)
     return grad * scale[:, None, None]
 
 
@@ -119,14 +122,15 @@ def _marginal_ce_core(logits: Array, labels: Array, space: LabelSpace) -> Array:
 
 def _marginal_ce_fwd(logits, labels, space):
     z, g = _flat(logits, labels)
-    total = _common.sum_over_voxels(functools.partial(_chunk_nll, space=space), z, g)
-    return total / z.shape[1], (logits, labels)
+    total, count = _common.sum_over_voxels(functools.partial(_chunk_nll, space=space), z, g)
+    count = jnp.maximum(count, 1.0)  # the mean over the voxels that count (0 when none does)
+    return total / count, (logits, labels, count)
 
 
 def _marginal_ce_bwd(space, residuals, cotangent):
-    logits, labels = residuals
+    logits, labels, count = residuals
     z, g = _flat(logits, labels)
-    scale = cotangent.astype(jnp.float32) / z.shape[1]
+    scale = cotangent.astype(jnp.float32) / count
     grad = _common.map_over_voxels(functools.partial(_chunk_nll_grad, scale=scale, space=space),
                                    jax.ShapeDtypeStruct(z.shape, logits.dtype), z, g)
     return grad.reshape(logits.shape), None
@@ -180,6 +184,12 @@ def marginalize(loss: Callable[..., Array]) -> Callable[..., Array]:
                                            allow_sets=True)
         _common.check_reduction(reduction, fn=f"marginalize({name})")
         m, size = _common.gather_sets(labels, label_space)
+        # The voxels a label-set loss excludes (the ignore id, unknown ids) carry the set of all
+        # leaves here: uniform Φ_g(p) and Φ(g), a constant with zero gradient (the classical loss,
+        # fed soft targets, has no mask).
+        w = _common.counted(labels, label_space, classical=False)[..., None]
+        m = jnp.where(w > 0, m, 1.0)
+        size = jnp.where(w > 0, size, float(label_space.num_classes))
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         marginal_logits = _common.marginal_log_probs(log_probs, m, size)
         targets = _common.uniform_targets(m, size)
