@@ -475,9 +475,9 @@ def channel_cases(path: str | os.PathLike, num_channels: int, *,
         cases = {match["case"]: cases[match["case"]]}
     if not cases:
         raise DatasetError(f"{path}: no {{case}}_{{channel:04d}}{ending} image in the folder")
-    for case_id, files in cases.items():
-        _check_case(case_id, files, None, num_channels, folder, ending, atol)
-    return [(case_id, [files[k] for k in range(num_channels)]) for case_id, files in cases.items()]
+    for case_id, channel_files in cases.items():
+        _check_case(case_id, channel_files, None, num_channels, folder, ending, atol)
+    return [(case_id, [channel_files[k] for k in range(num_channels)]) for case_id, channel_files in cases.items()]
 
 
 def _count_other_endings(folder: Path, ending: str) -> str:
