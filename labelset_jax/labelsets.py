@@ -65,6 +65,10 @@ def _leaf_tuple(members: Iterable[Any], *, context: str) -> tuple[int, ...]:
     return leaves
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelSpace:
     """Leaves ``0..C-1`` and the label sets (ids ``>= C``) a label map may contain.
@@ -202,8 +206,111 @@ class LabelSpace:
         )
 
     @classmethod
+    def from_json(cls, spec: Mapping[str, Any]) -> LabelSpace:
+        """The space a ``dataset.json`` (or :meth:`to_json`'s output) describes: the one reader of
+        the JSON form (nnU-Net folders, merged datasets and each run's ``label_space.json``).
+
+        Leaves and the ignore label come from ``labels`` (nnU-Net v2's rules, see
+        :meth:`from_nnunet`); label sets from ``label_sets`` (``{name: {"id": <id in the label
+        files>, "members": [<leaf ids or names>]}}``) with their ids; nnU-Net regions (list values
+        of ``labels``, which no label file holds) become label sets numbered after every other id,
+        in the order of ``labels``.
+
+        Raises:
+          ValueError: one line naming the field: a missing or malformed ``labels``, a set member
+            that is not a leaf, a set id that collides with a leaf, the ignore id or another set.
+
+        >>> space = LabelSpace.from_json({"labels": {"background": 0, "csf": 1, "gm": 2, "wm": 3, "ignore": 5},
+        ...                               "label_sets": {"not_wm": {"id": 4, "members": ["csf", "gm"]}}})
+        >>> space.leaves_of(4), space.ignore_id, LabelSpace.from_json(space.to_json()) == space
+        ((1, 2), 5, True)
+        """
+        labels = spec.get("labels") if isinstance(spec, Mapping) else None
+        if not isinstance(labels, Mapping) or not labels:
+            raise ValueError(f"needs a 'labels' object mapping label names to ids, got {labels!r}")
+        for name, value in labels.items():
+            if isinstance(value, bool) or not (_is_int(value) or isinstance(value, list)):
+                raise ValueError(f"labels[{name!r}] must be an integer id or a list of ids, got {value!r}")
+        try:
+            base = cls._from_nnunet_labels(labels)
+        except ValueError as e:
+            raise ValueError(f"labels: {e}") from e
+        num_classes, names = base.num_classes, base.names
+        leaf_text = ", ".join(f"{c}={n}" for c, n in enumerate(names))
+        superset: dict[int, tuple[int, ...]] = {}
+        set_names: dict[int, str] = {}
+        if base.ignore_id is not None:
+            superset[base.ignore_id] = tuple(range(num_classes))
+            set_names[base.ignore_id] = IGNORE_NAME
+        label_sets = spec.get("label_sets", {})
+        if not isinstance(label_sets, Mapping):
+            raise ValueError(f"'label_sets' must be an object {{name: {{id, members}}}}, got {label_sets!r}")
+        for name, entry in label_sets.items():
+            field = f"label_sets[{name!r}]"
+            if not isinstance(entry, Mapping) or set(entry) != {"id", "members"}:
+                raise ValueError(f"{field} must be {{\"id\": <int>, \"members\": [<leaves>]}}, got {entry!r}")
+            set_id, members = entry["id"], entry["members"]
+            if not _is_int(set_id) or set_id < 0:
+                raise ValueError(f"{field}.id must be a non-negative integer, got {set_id!r}")
+            set_id = int(set_id)
+            if name in names or name == IGNORE_NAME or name in labels:
+                raise ValueError(f"{field}: the name is already used in 'labels'")
+            if set_id < num_classes:
+                raise ValueError(
+                    f"{field}.id {set_id} collides with the leaf {names[set_id]!r} (leaf ids are "
+                    f"0..{num_classes - 1}: {leaf_text}); a set id must be >= {num_classes}"
+                )
+            if set_id in superset:
+                raise ValueError(f"{field}.id {set_id} is already the id of {set_names[set_id]!r}")
+            if not isinstance(members, list) or not members:
+                raise ValueError(f"{field}.members must be a non-empty list of leaves, got {members!r}")
+            leaves = []
+            for m in members:
+                if isinstance(m, str) and m in names:
+                    leaves.append(names.index(m))
+                elif _is_int(m) and 0 <= m < num_classes:
+                    leaves.append(int(m))
+                else:
+                    raise ValueError(f"{field}.members: {m!r} is not a leaf (leaves: {leaf_text})")
+            if len(set(leaves)) < 2:
+                raise ValueError(f"{field}.members {members} name a single leaf: write that leaf's id instead of a set")
+            superset[set_id] = tuple(sorted(set(leaves)))
+            set_names[set_id] = str(name)
+        next_id = max([num_classes - 1, *superset]) + 1
+        region_ids = []
+        for set_id, members, name in zip(base.set_ids, base.set_members, base.set_names):
+            if set_id != base.ignore_id:  # an nnU-Net region
+                if members in {tuple(m) for m in superset.values()}:
+                    raise ValueError(f"region {name!r} has the members of a label set; name them once")
+                superset[next_id], set_names[next_id] = members, name
+                region_ids.append(next_id)
+                next_id += 1
+        space = cls.from_superset_map(num_classes, superset, names, set_names=set_names, ignore_id=base.ignore_id)
+        return dataclasses.replace(space, region_ids=tuple(region_ids))
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"labels": ..., "label_sets": ...}``, the inverse of :meth:`from_json`: leaves, regions
+        (as lists) and the ignore label in ``labels``, every other set in ``label_sets`` with its
+        id, so that ids round-trip exactly (a ``dataset.json``'s label part, a run's
+        ``label_space.json``)."""
+        labels: dict[str, Any] = {name: c for c, name in enumerate(self.names)}
+        label_sets = {}
+        for set_id, members, name in zip(self.set_ids, self.set_members, self.set_names):
+            if set_id == self.ignore_id:
+                labels[IGNORE_NAME] = set_id
+            elif set_id in self.region_ids:  # nnU-Net's notation: a list of leaves in 'labels'
+                labels[name] = list(members)
+            else:
+                label_sets[name] = {"id": set_id, "members": list(members)}
+        out: dict[str, Any] = {"labels": labels}
+        if label_sets:
+            out["label_sets"] = label_sets
+        return out
+
+    @classmethod
     def from_nnunet(cls, labels: Mapping[str, int | Sequence[int]]) -> LabelSpace:
-        """Builds a space from the ``"labels"`` dict of an nnU-Net v2 ``dataset.json``.
+        """Builds a space from the ``"labels"`` dict of an nnU-Net v2 ``dataset.json``:
+        ``from_json({"labels": labels})``.
 
         Integer values name leaves; list values are *regions*, i.e. label sets, which get the ids
         following the largest leaf or ignore id, in dict order (:attr:`region_ids`); the key
@@ -224,36 +331,44 @@ class LabelSpace:
         >>> brats.names, [brats.name_of(i) for i in brats.region_ids]
         (('background', 'label_1', 'label_2', 'enhancing_tumor'), ['whole_tumor', 'tumor_core'])
         """
+        try:
+            return cls.from_json({"labels": labels})
+        except ValueError as e:
+            raise ValueError(f"nnU-Net {e}") from e
+
+    @classmethod
+    def _from_nnunet_labels(cls, labels: Mapping[str, int | Sequence[int]]) -> LabelSpace:
+        """nnU-Net v2's rules for ``labels`` alone (leaves, ignore, regions after them)."""
         leaves: dict[int, str] = {}
         regions: list[tuple[str, tuple[int, ...]]] = []
         ignore_id = None
         for name, value in labels.items():
             if name == IGNORE_NAME:
                 if not isinstance(value, (int, np.integer)):
-                    raise ValueError(f"nnU-Net labels: 'ignore' must be an integer id, got {value!r}")
+                    raise ValueError(f"'ignore' must be an integer id, got {value!r}")
                 ignore_id = int(value)
             elif isinstance(value, (int, np.integer)):
                 if int(value) in leaves:
                     raise ValueError(
-                        f"nnU-Net labels: id {int(value)} is named twice ({leaves[int(value)]!r}, {name!r})"
+                        f"id {int(value)} is named twice ({leaves[int(value)]!r}, {name!r})"
                     )
                 leaves[int(value)] = name
             elif isinstance(value, (list, tuple)):
                 regions.append((name, _leaf_tuple(value, context=f"nnU-Net region {name!r}")))
             else:
-                raise ValueError(f"nnU-Net labels: {name!r} must be an int or a list of ints, got {value!r}")
+                raise ValueError(f"{name!r} must be an int or a list of ints, got {value!r}")
         covered = {m for _, members in regions for m in members}
         num_classes = max([*leaves, *covered]) + 1 if leaves else 0
         for value in sorted(covered - set(leaves)):  # a leaf only the regions name (BraTS-style)
             leaves[value] = f"label_{value}"
             if leaves[value] in labels:
-                raise ValueError(f"nnU-Net labels: leaf {value} is unnamed but 'label_{value}' names something else")
+                raise ValueError(f"leaf {value} is unnamed but 'label_{value}' names something else")
         missing = sorted(set(range(num_classes)) - set(leaves))
         if missing or not leaves:
-            raise ValueError(f"nnU-Net labels: leaf ids must be 0..C-1 with no gap; missing {missing}")
+            raise ValueError(f"leaf ids must be 0..C-1 with no gap; missing {missing}")
         if ignore_id is not None and ignore_id < num_classes:
             raise ValueError(
-                f"nnU-Net labels: 'ignore' id {ignore_id} must be larger than every leaf id (< {num_classes})"
+                f"'ignore' id {ignore_id} must be larger than every leaf id (< {num_classes})"
             )
         sets: dict[int, tuple[str, tuple[int, ...]]] = {}
         if ignore_id is not None:
@@ -263,10 +378,10 @@ class LabelSpace:
         for name, members in regions:
             unknown = [m for m in members if not 0 <= m < num_classes]
             if unknown:
-                raise ValueError(f"nnU-Net labels: region {name!r} names {unknown}, which are not leaf ids "
+                raise ValueError(f"region {name!r} names {unknown}, which are not leaf ids "
                                  f"(0..{num_classes - 1})")
             if len(members) == 1:
-                raise ValueError(f"nnU-Net labels: region {name!r} = [{members[0]}] is a single leaf; write "
+                raise ValueError(f"region {name!r} = [{members[0]}] is a single leaf; write "
                                  f"{members[0]} instead of a list")
             sets[next_id] = (name, members)
             region_ids.append(next_id)

@@ -237,7 +237,7 @@ def check_resume(config: ml_collections.ConfigDict, label_space, workdir: str | 
         raise ValueError(f"{workdir} holds a trained run with other settings: {shown}{more}; use a new --workdir "
                          f"(a resumed run may change only {', '.join(RESUMABLE_FIELDS)})")
     space_path = workdir / LABEL_SPACE_FILE
-    if space_path.exists() and json.loads(space_path.read_text()) != nnunet.label_space_to_json(label_space):
+    if space_path.exists() and json.loads(space_path.read_text()) != label_space.to_json():
         raise ValueError(f"{workdir} holds a trained run of another label space ({space_path}); use a new --workdir")
     return changed
 
@@ -425,7 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": changed}) + "\n")
                 logging.info("Resuming with changed settings (logged to %s): %s", HISTORY_FILE,
                              ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changed.items()))
-            files.write_json(workdir / LABEL_SPACE_FILE, nnunet.label_space_to_json(label_space))
+            files.write_json(workdir / LABEL_SPACE_FILE, label_space.to_json())
             files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
         ckpt = checkpoints.Checkpointer(workdir, keep=config.get("keep_checkpoints", 2))
         start = 0

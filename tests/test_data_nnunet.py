@@ -18,7 +18,6 @@ from labelset_jax.data import FETA_TO_FETAL_BRAIN, make_phantom, mni_tissue_case
 from labelset_jax.data.nnunet import (
     DatasetError,
     label_space_from_json,
-    label_space_to_json,
     read_dataset,
     write_dataset,
 )
@@ -37,7 +36,7 @@ def test_label_space_from_dataset_json():
     by_name = {**MNI_JSON, "label_sets": {"not_wm": {"id": 4, "members": ["csf", "gm"]}}}
     assert label_space_from_json(by_name) == MNI_SPACE
     for space in (MNI_SPACE, LabelSpace.leaves(3)):
-        assert label_space_from_json(label_space_to_json(space)) == space
+        assert label_space_from_json(space.to_json()) == space
 
 
 def test_regions_are_numbered_after_every_other_id():
@@ -48,7 +47,7 @@ def test_regions_are_numbered_after_every_other_id():
     assert space.id_of("core") == 5 and space.leaves_of(5) == (2, 3)
     assert space.id_of("whole_tumor") == 6 and space.leaves_of(6) == (1, 2, 3)
     assert space.ignore_id == 4
-    assert label_space_from_json(label_space_to_json(space)) == space
+    assert label_space_from_json(space.to_json()) == space
 
 
 def test_reading_the_mni_dataset(mni_dataset):

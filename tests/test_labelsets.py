@@ -109,7 +109,7 @@ def test_nnunet_regions_and_ignore_round_trip():
         ({"background": 0, "a": 1, "ignore": 1}, "larger than every leaf"),
         ({"background": 0, "a": 1, "b": 1}, "named twice"),
         ({"background": 0, "a": 1, "r": [1, 5]}, r"no gap; missing \[2, 3, 4\]"),
-        ({"background": 0, "a": "x"}, "int or a list"),
+        ({"background": 0, "a": "x"}, "an integer id or a list"),
     ],
 )
 def test_nnunet_errors(labels, message):

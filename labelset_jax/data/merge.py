@@ -50,7 +50,7 @@ import numpy as np
 
 from labelset_jax import files
 from labelset_jax.data.nifti import load_labels
-from labelset_jax.data.nnunet import DatasetError, NnunetDataset, label_space_to_json, read_dataset
+from labelset_jax.data.nnunet import DatasetError, NnunetDataset, read_dataset
 from labelset_jax.labelsets import LabelSpace
 
 __all__ = ["MergePlan", "plan_merge", "parse_rename", "source_name", "merge_datasets"]
@@ -295,7 +295,7 @@ def merge_datasets(inputs: Sequence[str | os.PathLike], output: str | os.PathLik
         spec = {
             "name": output.name,
             "channel_names": {str(k): c for k, c in enumerate(channels[first])},
-            **label_space_to_json(plan.space),
+            **plan.space.to_json(),
             "numTraining": num_training,
             "file_ending": ".nii.gz",
             "sources": {n: {"folder": datasets[n].root.name, "leaves": list(plan.declared[n]),

@@ -21,7 +21,7 @@ ids or names>]}}``. A label file may then hold leaf ids, label-set ids and the i
 ...     "label_sets": {"not_wm": {"id": 4, "members": [1, 2]}}})
 >>> space
 LabelSpace(C=4, names=['background', 'csf', 'gm', 'wm'], sets={4: [1, 2], 5: [0, 1, 2, 3]}, ignore_id=5)
->>> label_space_from_json(label_space_to_json(space)) == space
+>>> label_space_from_json(space.to_json()) == space
 True
 
 **What a case annotates.** A case whose label map uses a label set ``A`` (other than the ignore
@@ -43,7 +43,7 @@ validation cases from the fully annotated cases with a seeded generator.
 **Use.** :meth:`NnunetDataset.load_case` gives a labelled case as the library's
 :class:`~labelset_jax.data.Case` (``Case.annotated`` holds its annotated leaves, which the
 evaluation honours); :meth:`NnunetDataset.load` gives the arrays, channels last.
-:func:`read_label_space` reads the label space alone, :func:`label_space_to_json` writes one in
+:func:`read_label_space` reads the label space alone, :meth:`LabelSpace.to_json` writes one in
 ``dataset.json``'s notation (a training run saves its space so), and :func:`write_dataset` writes
 cases in this format, atomically.
 """
@@ -76,7 +76,6 @@ __all__ = [
     "read_json",
     "write_dataset",
     "label_space_from_json",
-    "label_space_to_json",
     "SPLITS_FILES",
 ]
 
@@ -100,113 +99,12 @@ def _is_int(value: Any) -> bool:
 
 # ---------------------------------------------------------------------------------- label space
 def label_space_from_json(spec: Mapping[str, Any], *, where: str = "dataset.json") -> LabelSpace:
-    """The :class:`~labelset_jax.labelsets.LabelSpace` of a ``dataset.json`` (or of
-    :func:`label_space_to_json`'s output).
-
-    Leaves and the ignore label come from ``labels`` (nnU-Net v2's rules, see
-    :meth:`LabelSpace.from_nnunet`); label sets from ``label_sets`` with the ids they are written
-    with in the label files; nnU-Net regions (list values of ``labels``) become label sets too,
-    numbered after every other id in the order of ``labels`` (no label file holds them).
-
-    Args:
-      spec: the parsed JSON object, with ``labels`` and optionally ``label_sets``.
-      where: how to name the source in errors (e.g. the file path).
-
-    Returns:
-      The label space.
-
-    Raises:
-      DatasetError: a missing or malformed ``labels``, a set member that is not a leaf, a set id
-        that collides with a leaf, the ignore id or another set, or any other inconsistency.
-    """
-    labels = spec.get("labels")
-    if not isinstance(labels, Mapping) or not labels:
-        raise DatasetError(f"{where}: needs a 'labels' object mapping label names to ids, got {labels!r}")
-    for name, value in labels.items():
-        if isinstance(value, bool) or not (_is_int(value) or isinstance(value, list)):
-            raise DatasetError(f"{where}: labels[{name!r}] must be an integer id or a list of ids, got {value!r}")
+    """:meth:`LabelSpace.from_json` of a parsed ``dataset.json`` (or ``label_space.json``), with a
+    problem raised as a :class:`DatasetError` naming ``where`` (e.g. the file path)."""
     try:
-        base = LabelSpace.from_nnunet(labels)
-    except ValueError as e:
-        raise DatasetError(f"{where}: labels: {e}") from e
-    num_classes, names = base.num_classes, base.names
-    leaf_text = ", ".join(f"{c}={n}" for c, n in enumerate(names))
-    superset: dict[int, tuple[int, ...]] = {}
-    set_names: dict[int, str] = {}
-    if base.ignore_id is not None:
-        superset[base.ignore_id] = tuple(range(num_classes))
-        set_names[base.ignore_id] = IGNORE_NAME
-    label_sets = spec.get("label_sets", {})
-    if not isinstance(label_sets, Mapping):
-        raise DatasetError(f"{where}: 'label_sets' must be an object {{name: {{id, members}}}}, got {label_sets!r}")
-    for name, entry in label_sets.items():
-        field = f"label_sets[{name!r}]"
-        if not isinstance(entry, Mapping) or set(entry) != {"id", "members"}:
-            raise DatasetError(f"{where}: {field} must be {{\"id\": <int>, \"members\": [<leaves>]}}, got {entry!r}")
-        set_id, members = entry["id"], entry["members"]
-        if not _is_int(set_id) or set_id < 0:
-            raise DatasetError(f"{where}: {field}.id must be a non-negative integer, got {set_id!r}")
-        set_id = int(set_id)
-        if name in names or name == IGNORE_NAME or name in labels:
-            raise DatasetError(f"{where}: {field}: the name is already used in 'labels'")
-        if set_id < num_classes:
-            raise DatasetError(
-                f"{where}: {field}.id {set_id} collides with the leaf {names[set_id]!r} (leaf ids are "
-                f"0..{num_classes - 1}: {leaf_text}); a set id must be >= {num_classes}"
-            )
-        if set_id in superset:
-            raise DatasetError(f"{where}: {field}.id {set_id} is already the id of {set_names[set_id]!r}")
-        if not isinstance(members, list) or not members:
-            raise DatasetError(f"{where}: {field}.members must be a non-empty list of leaves, got {members!r}")
-        leaves = []
-        for m in members:
-            if isinstance(m, str) and m in names:
-                leaves.append(names.index(m))
-            elif _is_int(m) and 0 <= m < num_classes:
-                leaves.append(int(m))
-            else:
-                raise DatasetError(f"{where}: {field}.members: {m!r} is not a leaf (leaves: {leaf_text})")
-        if len(set(leaves)) < 2:
-            raise DatasetError(
-                f"{where}: {field}.members {members} name a single leaf: write that leaf's id instead of a set"
-            )
-        superset[set_id] = tuple(sorted(set(leaves)))
-        set_names[set_id] = str(name)
-    next_id = max([num_classes - 1, *superset]) + 1
-    region_ids = []
-    for set_id, members, name in zip(base.set_ids, base.set_members, base.set_names):
-        if set_id != base.ignore_id:  # an nnU-Net region
-            if members in {tuple(m) for m in superset.values()}:
-                raise DatasetError(f"{where}: region {name!r} has the members of a label set; name them once")
-            superset[next_id], set_names[next_id] = members, name
-            region_ids.append(next_id)
-            next_id += 1
-    try:
-        space = LabelSpace.from_superset_map(
-            num_classes, superset, names, set_names=set_names, ignore_id=base.ignore_id
-        )
-        return dataclasses.replace(space, region_ids=tuple(region_ids))
+        return LabelSpace.from_json(spec)
     except ValueError as e:
         raise DatasetError(f"{where}: {e}") from e
-
-
-def label_space_to_json(space: LabelSpace) -> dict[str, Any]:
-    """``{"labels": ..., "label_sets": ...}`` describing ``space`` (inverse of
-    :func:`label_space_from_json`): leaves, regions (as lists) and the ignore label in ``labels``,
-    every other set in ``label_sets`` with its id, so that ids round-trip exactly."""
-    labels: dict[str, Any] = {name: c for c, name in enumerate(space.names)}
-    label_sets = {}
-    for set_id, members, name in zip(space.set_ids, space.set_members, space.set_names):
-        if set_id == space.ignore_id:
-            labels[IGNORE_NAME] = set_id
-        elif set_id in space.region_ids:  # nnU-Net's notation: a list of leaves in 'labels'
-            labels[name] = list(members)
-        else:
-            label_sets[name] = {"id": set_id, "members": list(members)}
-    out: dict[str, Any] = {"labels": labels}
-    if label_sets:
-        out["label_sets"] = label_sets
-    return out
 
 
 # ---------------------------------------------------------------------------------- records
@@ -732,7 +630,7 @@ def write_dataset(
       training: cases with attributes ``id``, ``image`` (``[D, H, W]`` or ``[D, H, W, channels]``),
         ``labels`` (label ids of ``space``) and ``affine``; any iterable, consumed one case at a
         time (a generator that loads each case keeps one in memory).
-      space: the label space, written to ``dataset.json`` with :func:`label_space_to_json`.
+      space: the label space, written to ``dataset.json`` with :meth:`LabelSpace.to_json`.
       channel_names: one name per input channel.
       test: cases for ``imagesTs`` (their ``labels``, when not ``None``, go to ``labelsTs``).
       name: ``dataset.json``'s ``name`` (default the folder name).
@@ -780,7 +678,7 @@ def write_dataset(
         spec = {
             "name": name or root.name,
             "channel_names": {str(k): str(n) for k, n in enumerate(channel_names)},
-            **label_space_to_json(space),
+            **space.to_json(),
             "numTraining": num_training,
             "file_ending": ".nii.gz",
         }
