@@ -49,19 +49,25 @@ _MEMORY = flags.DEFINE_bool("memory", True, "also measure peak memory (two extra
 _HUGEPAGES = flags.DEFINE_bool("hugepages", True, "run with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (both frameworks)")
 _DOTS_MIN = flags.DEFINE_integer("dots_min_features", cpu_conv.DOTS_MIN_FEATURES,
                                  "kernel gradients as matrix products from this many output channels on")
+_PEER_DEVICE = flags.DEFINE_enum("peer_device", "cpu", ["cpu", "cuda"],
+                                  "where MONAI and the PyTorch twin run (JAX runs on its default backend)")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "computation type of both models (ours: config.model.dtype; the twin: autocast)")
 _PROBE = flags.DEFINE_enum("probe", "", ["", "jax", "torch"], "internal: memory probe of one framework")
 
 FORWARDED = ("preset", "volume", "roi", "overlap", "sw_batch_size", "downsample", "conv_impl", "hugepages",
-             "dots_min_features")
+             "dots_min_features", "peer_device", "dtype")
 
 
 def setup():
     config = speed.model_config(_CONFIG.value, preset=_PRESET.value, downsample=_DOWNSAMPLE.value,
                                 conv_impl=_CONV_IMPL.value, remat=False, dots_min_features=_DOTS_MIN.value)
+    config.model.dtype = _DTYPE.value
     start = time.perf_counter()
     model, trainer, state, _, mesh = speed.build(config)
     build_s = time.perf_counter() - start
-    twin = torch_twin.matched_twin(model).eval()
+    device = speed.peer_device(_PEER_DEVICE.value)
+    twin = torch_twin.matched_twin(model).eval().to(device)
     volume = tuple(int(s) for s in _VOLUME.value)
     image = np.random.default_rng(0).standard_normal((1, *volume, 1), dtype=np.float32)
     roi = (_ROI.value,) * 3
@@ -71,14 +77,14 @@ def setup():
                                        overlap=_OVERLAP.value, mode="gaussian")
         return jax.block_until_ready(out)
 
-    x = torch.from_numpy(image).permute(0, 4, 1, 2, 3).contiguous()
+    x = torch.from_numpy(image).permute(0, 4, 1, 2, 3).contiguous().to(device)
 
     def peer():
-        with torch.inference_mode():
+        with torch.inference_mode(), speed.autocast(device, _DTYPE.value):
             return monai_sliding_window_inference(x, roi, _SW_BATCH.value, twin, overlap=_OVERLAP.value,
-                                                  mode="gaussian")
+                                                  mode="gaussian").float()
 
-    return config, model, mesh, ours, peer, build_s
+    return config, model, mesh, ours, speed.synced(peer, device), build_s
 
 
 def probe(framework: str) -> None:
@@ -107,10 +113,11 @@ def main(argv):
         start = time.perf_counter()
         ours_out = ours()
         first_s = time.perf_counter() - start
-        peer_out = peer().permute(0, 2, 3, 4, 1).numpy()
+        peer_out = peer().permute(0, 2, 3, 4, 1).cpu().numpy()
         diff = speed.rel_diff(ours_out, peer_out)
         print(f"check: max |ours - MONAI| / max |MONAI| = {diff:.1e}")
-        assert diff < 1e-3, "our sliding-window output and MONAI's with the twin disagree"
+        tol = 1e-3 if _DTYPE.value == "float32" else 3e-2  # bfloat16 rounding on both sides
+        assert diff < tol, "our sliding-window output and MONAI's with the twin disagree"
         times = speed.interleaved({"ours": ours, "peer": peer}, _REPS.value)
 
     ours_s, peer_s = speed.median(times["ours"]), speed.median(times["peer"])

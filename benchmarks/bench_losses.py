@@ -33,6 +33,8 @@ from labelset_jax.labelsets import FETAL_BRAIN
 _SHAPE = flags.DEFINE_string("shape", "2,96,96,96,9", "logits shape B,D,H,W,C (C=9: fetal brain)")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "timed runs after warm-up (the median is reported)")
 _SEED = flags.DEFINE_integer("seed", 0, "data seed")
+_PEER_DEVICE = flags.DEFINE_enum("peer_device", "cpu", ["cpu", "cuda"],
+                                 "where MONAI's DiceLoss runs (JAX runs on its default backend)")
 _LOSSES = flags.DEFINE_list(
     "losses", "leaf_dice,marginal_dice,marginal_cross_entropy,soft_dice,dice_semimetric,textbook,monai",
     "rows to measure: loss names, 'textbook' (plain-autodiff leaf-Dice) and 'monai'")
@@ -89,14 +91,17 @@ def monai_time(logits_np, labels_np, repeats):
         return None
     num_classes = logits_np.shape[-1]
     torch.set_num_threads(os.cpu_count() or 1)
-    x = torch.from_numpy(np.moveaxis(logits_np, -1, 1).copy()).requires_grad_(True)
+    device = torch.device(_PEER_DEVICE.value)
+    x = torch.from_numpy(np.moveaxis(logits_np, -1, 1).copy()).to(device).requires_grad_(True)
     one_hot = np.eye(num_classes, dtype=np.float32)[np.minimum(labels_np, num_classes - 1)]
-    y = torch.from_numpy(np.moveaxis(one_hot, -1, 1).copy())
+    y = torch.from_numpy(np.moveaxis(one_hot, -1, 1).copy()).to(device)
     dice = DiceLoss(softmax=True, squared_pred=True)
 
     def step():
         x.grad = None
         dice(x, y).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     return median_time(step, repeats)
 

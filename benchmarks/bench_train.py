@@ -49,10 +49,12 @@ _MEMORY = flags.DEFINE_bool("memory", True, "also measure peak memory (two extra
 _HUGEPAGES = flags.DEFINE_bool("hugepages", True, "run with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (both frameworks)")
 _DOTS_MIN = flags.DEFINE_integer("dots_min_features", cpu_conv.DOTS_MIN_FEATURES,
                                  "kernel gradients as matrix products from this many output channels on")
+_PEER_DEVICE = flags.DEFINE_enum("peer_device", "cpu", ["cpu", "cuda"],
+                                  "where the PyTorch twin runs (JAX runs on its default backend)")
 _PROBE = flags.DEFINE_enum("probe", "", ["", "jax", "torch"], "internal: memory probe of one framework")
 
 FORWARDED = ("preset", "patch", "batch", "downsample", "conv_impl", "remat", "dtype", "hugepages",
-             "dots_min_features")
+             "dots_min_features", "peer_device")
 
 
 def make_batch(batch: int, patch: int, num_classes: int, seed: int = 0):
@@ -75,20 +77,24 @@ def setup():
     return config, model, trainer, state, mesh, twin, images, labels, build_s
 
 
-def torch_step_fn(twin, images, labels, lr):
-    x = torch.from_numpy(images).permute(0, 4, 1, 2, 3).contiguous()
-    y = torch.from_numpy(labels).long()
+def torch_step_fn(twin, images, labels, lr, device, dtype):
+    """The twin's eager train step on ``device`` (bfloat16 autocast when ``dtype`` says so), synced."""
+    twin.to(device)
+    x = torch.from_numpy(images).permute(0, 4, 1, 2, 3).contiguous().to(device)
+    y = torch.from_numpy(labels).long().to(device)
     opt = torch.optim.Adam(twin.parameters(), lr=lr)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch_twin.soft_dice_loss(twin(x), y)
+        with speed.autocast(device, dtype):
+            logits = twin(x)
+        loss = torch_twin.soft_dice_loss(logits.float(), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(twin.parameters(), 1.0)
         opt.step()
         return float(loss)
 
-    return step, x
+    return speed.synced(step, device), x
 
 
 def probe(framework: str) -> None:
@@ -113,7 +119,8 @@ def probe(framework: str) -> None:
                                       + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes) / 2**20
     else:
         del state, trainer
-        step, _ = torch_step_fn(twin, images, labels, config.learning_rate)
+        step, _ = torch_step_fn(twin, images, labels, config.learning_rate, speed.peer_device(_PEER_DEVICE.value),
+                                _DTYPE.value)
         step()
         speed.reset_peak()
         for _ in range(2):
@@ -134,14 +141,16 @@ def main(argv):
     print(f"{speed.describe(model, config)}; batch {_BATCH.value} x {_PATCH.value}³; loss {config.loss}; "
           f"Adam lr {config.learning_rate} + clip 1.0")
 
-    torch_step, x_torch = torch_step_fn(twin, images, labels, config.learning_rate)
+    device = speed.peer_device(_PEER_DEVICE.value)
+    torch_step, x_torch = torch_step_fn(twin, images, labels, config.learning_rate, device, _DTYPE.value)
     with jax.set_mesh(mesh):
         x = jax.device_put(images, trainer.data_sharding)
         y = jax.device_put(labels, trainer.data_sharding)
         # The same function: logits and loss from the same weights, then the loss after one step.
         logits = trainer.predict(x, state)
         with torch.no_grad():
-            twin_logits = twin(x_torch).permute(0, 2, 3, 4, 1).numpy()
+            with speed.autocast(device, _DTYPE.value):
+                twin_logits = twin(x_torch).float().permute(0, 2, 3, 4, 1).cpu().numpy()
         logit_diff = speed.rel_diff(logits, twin_logits)
 
         holder = {"state": state}

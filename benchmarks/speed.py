@@ -116,6 +116,40 @@ def forwarded_flags(flag_values, names) -> list[str]:
     return [f"--{n}={','.join(map(str, v)) if isinstance(v, list) else v}" for n, v in values.items()]
 
 
+def peer_device(name: str):
+    """The PyTorch peer's ``torch.device`` for ``--peer_device`` (``cpu`` or ``cuda``); one clear
+    error when CUDA is asked for and torch has none."""
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --peer_device=cuda but torch sees no CUDA device "
+                         f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+    return torch.device(name)
+
+
+def synced(fn, device):
+    """``fn`` followed by ``torch.cuda.synchronize()`` on a CUDA device (kernels run asynchronously:
+    a timing must wait for them), unchanged on the CPU."""
+    if device.type != "cuda":
+        return fn
+    import torch
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return call
+
+
+def autocast(device, dtype: str):
+    """``torch.autocast`` to bfloat16 on ``device`` when ``dtype == "bfloat16"`` (the peer's mixed
+    precision, as ours computes the network in bfloat16 with float32 parameters), else a no-op."""
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
 def environment() -> str:
     import torch
 
