@@ -33,7 +33,7 @@ from absl import app, flags, logging
 
 from labelset_jax import cli, files, train
 from labelset_jax.data import load_nifti, nnunet, resample, save_nifti
-from labelset_jax.data.nifti import load_header
+from labelset_jax.data.nifti import check_finite, load_header
 from labelset_jax.evaluation import EvalSettings, predict_case
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
@@ -82,9 +82,7 @@ def input_cases(path: Path, channels: int) -> list[tuple[str, list[Path]]]:
 def check_intensities(path: Path) -> None:
     """ValueError naming ``path`` when its intensities hold NaN or Inf; a warning when all zero."""
     image, _, _ = load_nifti(path)
-    finite = np.isfinite(image)
-    if not finite.all():
-        raise ValueError(f"{path}: image holds {int(finite.size - finite.sum())} NaN or Inf intensities")
+    check_finite(image, path)
     if not image.any():
         logging.warning("%s: the image is all zeros; its segmentation will say little", path)
 

@@ -232,15 +232,14 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int, train: bool =
         num_val = int(data.num_val)
         if len(files) <= num_val:
             raise ValueError(f"{len(files)} cases found, need more than config.data.num_val={num_val}")
-        order = np.random.default_rng(seed).permutation(len(files))
-        # validation on fully segmented cases only (drawn from them by their protocol, none dropped)
-        full = [i for i in order if files[i].protocol == "full"]
-        if len(full) < num_val:
-            raise ValueError(f"{num_val} validation case(s) requested but only {len(full)} case(s) are fully "
+        full = [f.protocol == "full" for f in files]
+        if 0 < sum(full) < num_val:
+            raise ValueError(f"{num_val} validation case(s) requested but only {sum(full)} case(s) are fully "
                              f"segmented; lower config.data.num_val")
-        chosen = set(full[:num_val])
-        val_cases = data_lib.load_cases([files[i] for i in order if i in chosen]) if chosen else []
-        train_cases = data_lib.load_cases([files[i] for i in order if i not in chosen]) if train else []
+        names = [str(k) for k in range(len(files))]
+        chosen = data_lib.choose_validation(names, full, num_val, seed=seed)
+        val_cases = data_lib.load_cases([f for k, f in zip(names, files) if k in chosen]) if chosen else []
+        train_cases = data_lib.load_cases([f for k, f in zip(names, files) if k not in chosen]) if train else []
     else:
         raise ValueError(f"unknown config.data.name {name!r}")
     if train:

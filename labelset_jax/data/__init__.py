@@ -22,7 +22,7 @@ Modules:
 Arrays are channels-last NumPy arrays; label maps hold int32 label ids (docs/theory.md §1).
 """
 
-from labelset_jax.data.case import Case
+from labelset_jax.data.case import Case, choose_validation
 from labelset_jax.data.datasets import (
     FETA_LABELS,
     FETA_TO_FETAL_BRAIN,
@@ -81,7 +81,7 @@ from labelset_jax.data.transforms import (
 
 __all__ = [
     # case
-    "Case",
+    "Case", "choose_validation",
     # nifti
     "load_nifti", "save_nifti", "load_labels", "load_case", "spacing_of",
     # phantoms

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,3 +87,27 @@ class Case:
     def voxel_ml(self) -> float:
         """The volume of one voxel in ml."""
         return float(np.prod(self.spacing)) / 1000.0
+
+
+def choose_validation(ids: Sequence[str], full: Sequence[bool], num_val: int, *, seed: int,
+                      sources: Sequence[str] | None = None) -> set[str]:
+    """The ids of ``num_val`` validation cases, the one draw of every dataset without a split file.
+
+    Fully annotated cases when there are any (``numpy.random.default_rng(seed).choice`` among them,
+    in the order given); otherwise every case may validate (each is scored on what it annotates),
+    shuffled and then taken in turn from each source, so that a merged dataset validates on all of
+    its sources. The caller checks that ``num_val`` is possible.
+
+    >>> sorted(choose_validation(["a", "b", "c", "d"], [True, False, True, True], 2, seed=0))
+    ['c', 'd']
+    >>> sorted(choose_validation(["a1", "a2", "b1", "b2"], [False] * 4, 2, seed=0, sources=["a", "a", "b", "b"]))
+    ['a1', 'b1']
+    """
+    rng = np.random.default_rng(seed)
+    full_ids = [i for i, f in zip(ids, full) if f]
+    if full_ids:
+        return {full_ids[k] for k in rng.choice(len(full_ids), size=int(num_val), replace=False).tolist()}
+    sources = list(sources) if sources is not None else [""] * len(ids)
+    order = [(ids[k], sources[k]) for k in rng.permutation(len(ids))]
+    rank = {i: [s for _, s in order[:k]].count(src) for k, (i, src) in enumerate(order)}
+    return {i for i, _ in sorted(order, key=lambda o: rank[o[0]])[:int(num_val)]}

@@ -27,7 +27,7 @@ import numpy as np
 from labelset_jax import files
 from labelset_jax.labelsets import LabelSpace, validate_labels
 
-__all__ = ["load_nifti", "load_header", "save_nifti", "load_labels", "load_case", "spacing_of"]
+__all__ = ["load_nifti", "load_header", "save_nifti", "load_labels", "load_case", "spacing_of", "check_finite"]
 
 PathLike = str | os.PathLike
 
@@ -147,6 +147,14 @@ def load_labels(
     return labels, affine, spacing
 
 
+def check_finite(image: np.ndarray, path: str | os.PathLike) -> None:
+    """Raises ``ValueError`` naming ``path`` and the count when ``image`` holds NaN or Inf values:
+    the one intensity check of every reader (datasets, manifests, predict)."""
+    finite = np.isfinite(image)
+    if not finite.all():
+        raise ValueError(f"{path}: image holds {int(finite.size - finite.sum())} NaN or Inf intensities")
+
+
 def load_case(
     image_path: PathLike,
     label_path: PathLike,
@@ -173,9 +181,7 @@ def load_case(
         ``space``. The message names the offending file(s).
     """
     image, affine, spacing = load_nifti(image_path, canonical=canonical)
-    if not np.all(np.isfinite(image)):
-        count = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
-        raise ValueError(f"{image_path}: image holds {count} NaN or Inf intensities")
+    check_finite(image, image_path)
     labels, label_affine, _ = load_labels(label_path, canonical=canonical, space=None)
     if labels.shape != image.shape:
         raise ValueError(

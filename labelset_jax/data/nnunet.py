@@ -61,8 +61,8 @@ from typing import Any
 import numpy as np
 
 from labelset_jax import files
-from labelset_jax.data.case import Case
-from labelset_jax.data.nifti import load_header, load_labels, load_nifti, save_nifti, spacing_of
+from labelset_jax.data.case import Case, choose_validation
+from labelset_jax.data.nifti import check_finite, load_header, load_labels, load_nifti, save_nifti, spacing_of
 from labelset_jax.labelsets import LabelSpace
 
 __all__ = [
@@ -214,13 +214,8 @@ class NnunetDataset:
         if num_val >= len(self.training):
             raise DatasetError(
                 f"{self.root}: num_val={num_val} leaves no training case ({len(self.training)} in total)")
-        rng = np.random.default_rng(seed)
-        if full:
-            val_ids = {full[i].id for i in rng.choice(len(full), size=num_val, replace=False).tolist()}
-        else:  # shuffled, then round robin over the sources
-            order = [pool[i] for i in rng.permutation(len(pool))]
-            rank = {c.id: [o.source for o in order[:k]].count(c.source) for k, c in enumerate(order)}
-            val_ids = {c.id for c in sorted(order, key=lambda c: rank[c.id])[:num_val]}
+        val_ids = choose_validation([c.id for c in self.training], [c.is_full for c in self.training], num_val,
+                                    seed=seed, sources=[c.source for c in self.training])
         return ([c for c in self.training if c.id not in val_ids], [c for c in self.training if c.id in val_ids])
 
     def load(self, case: DatasetCase | str
@@ -241,11 +236,9 @@ class NnunetDataset:
         for path in case.image_paths:
             try:
                 image, _, _ = load_nifti(path)
+                check_finite(image, path)
             except ValueError as e:
                 raise DatasetError(str(e)) from e
-            finite = np.isfinite(image)
-            if not finite.all():
-                raise DatasetError(f"{path}: image holds {int(finite.size - finite.sum())} NaN or Inf intensities")
             channels.append(image)
         labels = None
         if case.label_path is not None:
