@@ -57,6 +57,16 @@ def tiny(config: ml_collections.ConfigDict, **overrides) -> ml_collections.Confi
     return config
 
 
+def trajectory_config() -> ml_collections.ConfigDict:
+    """3 steps of the tiny default config with batch 4 and batch Dice: its losses must not depend on
+    the number of devices (tests/multi_device_checks.py and test_train.py)."""
+    from configs import default
+
+    config = tiny(default.get_config(), num_steps=3, batch_size=4, eval_every=0, checkpoint_every=10)
+    config.loss_options = {"batch_dice": True}
+    return config
+
+
 # The MNI tissue task as a dataset with label sets: leaves of labelset_jax.data.MNI_TISSUE, the set
 # {csf, gm} written by the cases that annotate only white matter, and the ignore label.
 MNI_JSON = {

@@ -6,10 +6,6 @@ with the number of classes, vmap and a device mesh."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -200,40 +196,11 @@ def test_the_graph_does_not_grow_with_the_number_of_classes(name):
     assert sizes[117] <= sizes[9], sizes
 
 
-MESH_SCRIPT = textwrap.dedent(
-    """
-    import jax
-    jax.config.update("jax_num_cpu_devices", 2)
-    import jax.numpy as jnp, numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from labelset_jax import losses
-    from labelset_jax.labelsets import FETAL_BRAIN as S
-    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    rng = np.random.default_rng(9)
-    from labelset_jax.losses import _common
-    _common.EXECUTION["cpu"] = _common.Execution(chunk_elements=2**12, unroll_channels=16)
-    logits = rng.normal(scale=3.0, size=(4, 4_000, 9)).astype(np.float32)  # several chunks
-    labels = rng.integers(0, S.num_ids, size=(4, 4_000)).astype(np.int32)
-    z = jax.device_put(logits, NamedSharding(mesh, P("data")))
-    g = jax.device_put(labels, NamedSharding(mesh, P("data")))
-    for name, options in [("leaf_dice", {}), ("marginal_dice", {"batch_dice": True}),
-                          ("marginal_cross_entropy", {})]:
-        fn = lambda z, g: getattr(losses, name)(z, g, label_space=S, **options)
-        with jax.set_mesh(mesh):
-            value, grad = jax.jit(jax.value_and_grad(fn))(z, g)
-        assert grad.sharding.spec == P("data"), (name, grad.sharding)
-        want_value, want_grad = jax.jit(jax.value_and_grad(fn))(logits, labels)
-        np.testing.assert_allclose(value, want_value, rtol=1e-5, err_msg=name)
-        np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-5 * float(jnp.abs(want_grad).max()))
-    print("ok")
-    """
-)
-
-
-def test_batch_sharded_under_a_device_mesh():
-    """Data-parallel training: value and gradient on a batch sharded over two (CPU) devices equal
-    the single-device ones, and the gradient keeps the batch sharding."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                         cwd=root, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
+@pytest.mark.xdist_group("multi_device")
+@pytest.mark.parametrize("name", ["leaf_dice", "marginal_dice", "marginal_cross_entropy"])
+def test_batch_sharded_under_a_device_mesh(multi_device, name):
+    """Data-parallel training: value and gradient on a batch sharded over four (CPU) devices equal
+    the single-device ones, and the gradient keeps the batch sharding (tests/multi_device_checks.py)."""
+    result = multi_device["mesh"][name]
+    assert result["sharded_like_the_batch"]
+    assert result["value_rel_diff"] < 1e-5 and result["grad_max_diff"] < 1e-4, result

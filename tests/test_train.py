@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import jax
@@ -23,7 +20,7 @@ from labelset_jax.evaluation import EvalSettings, predict_case
 from labelset_jax.metrics import dice_score
 from labelset_jax.models import create_model
 from labelset_jax.writers import read_jsonl
-from tests.helpers import tiny
+from tests.helpers import tiny, trajectory_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,28 +65,10 @@ def test_bad_config_fields_are_named(tmp_path):
     assert not (tmp_path / "zero").exists(), "rejected before any work"
 
 
-BATCH_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import jax
-    jax.config.update("jax_num_cpu_devices", 2)
-    from tests.helpers import tiny
-    from configs import default
-    from labelset_jax import train
-    for batch_size in (4, 3):
-        try:
-            train.validate_config(tiny(default.get_config(), batch_size=batch_size))
-            print(batch_size, "ok")
-        except ValueError as e:
-            print(batch_size, e)
-    """
-)
-
-
-def test_batch_size_must_split_evenly_over_the_devices():
-    out = subprocess.run([sys.executable, "-c", BATCH_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines() == [
-        "4 ok", "3 config.batch_size=3 must be divisible by the number of devices (2)"]
+@pytest.mark.xdist_group("multi_device")
+def test_batch_size_must_split_evenly_over_the_devices(multi_device):
+    assert multi_device["batch"] == {
+        "4": "ok", "3": "config.batch_size=3 must be divisible by the number of devices (4)"}
 
 
 def test_resume_gives_the_same_next_step_loss(tmp_path):
@@ -227,30 +206,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         assert np.isfinite(record["train/loss"]) or record["step"] > max(saved)
 
 
-MULTI_DEVICE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import jax
-    jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
-    from tests.helpers import tiny
-    from configs import default
-    from labelset_jax import train
-    from labelset_jax.writers import read_jsonl
-    config = tiny(default.get_config(), num_steps=3, batch_size=4, eval_every=0, checkpoint_every=10)
-    config.loss_options = {"batch_dice": True}
-    train.train_and_evaluate(config, sys.argv[2])
-    print(json.dumps([r["train/loss"] for r in read_jsonl(sys.argv[2] + "/metrics.jsonl")]))
-    """
-)
-
-
-def test_one_and_four_devices_give_the_same_trajectory(tmp_path):
-    trajectories = {}
-    for n in (1, 4):
-        out = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(n), str(tmp_path / f"d{n}")],
-                             cwd=ROOT, capture_output=True, text=True, check=True)
-        trajectories[n] = json.loads(out.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(trajectories[4], trajectories[1], rtol=2e-4)
+@pytest.mark.xdist_group("multi_device")
+def test_one_and_four_devices_give_the_same_trajectory(multi_device, tmp_path):
+    """The data-parallel loop over 4 devices (tests/multi_device_checks.py) follows the losses of
+    this process's single device."""
+    assert jax.device_count() == 1
+    train.train_and_evaluate(trajectory_config(), tmp_path)
+    single = [r["train/loss"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    np.testing.assert_allclose(multi_device["trajectory"], single, rtol=2e-4)
 
 
 def test_tiny_model_overfits_one_phantom(tmp_path):
