@@ -40,7 +40,7 @@ import numpy as np
 
 from labelset_jax import data as data_lib
 from labelset_jax.data import Case, nnunet, resample, transforms
-from labelset_jax.labelsets import FETAL_BRAIN, LabelSpace
+from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS, AnnotationProtocol, LabelSpace
 
 VAL_SEED_OFFSET = 100_000  # validation cases never share a seed with training cases
 
@@ -126,6 +126,16 @@ def _nnunet_cases(data: ml_collections.ConfigDict, *, train: bool = True) -> tup
             changed += moved
         out.append(cases)
     return out[0], out[1], spacing, changed
+
+
+def manifest_protocols(space: LabelSpace) -> dict[str, AnnotationProtocol]:
+    """The annotation protocols a CSV manifest of cases may name for a run of ``space``: ``full``
+    (every leaf of the run), and the fetal-brain protocols when the run's leaves are the fetal
+    brain's. The label space comes from the run, not from a default."""
+    protocols = {"full": space.protocol(range(space.num_classes), name="full")}
+    if space.names == FETAL_BRAIN.names:
+        protocols.update(FETAL_BRAIN_PROTOCOLS)
+    return protocols
 
 
 def create_test_cases(data: ml_collections.ConfigDict) -> list[Case]:

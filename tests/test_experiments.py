@@ -290,6 +290,14 @@ def test_nnunet_dataset_trains_predicts_and_evaluates_end_to_end(mni_dataset, tm
     assert [r["id"] for r in rows] == ["mni_test_000"] and rows[0]["protocol"] == "full"
     _one_line_error(run("experiments.evaluate", f"--workdir={workdir}", "--split=test", "--manifest=x.csv"),
                     "--split and --manifest")
+    # a manifest of cases for this (non-fetal) run: checked against the run's labels, not the fetal brain's
+    (tmp_path / "cases.csv").write_text(f"id,image,label\nheld,{mni_dataset / 'imagesTs' / 'mni_test_000_0000.nii.gz'},"
+                                        f"{mni_dataset / 'labelsTs' / 'mni_test_000.nii.gz'}\n")
+    out = run("experiments.evaluate", f"--workdir={workdir}", f"--manifest={tmp_path / 'cases.csv'}",
+              f"--output={tmp_path / 'eval_manifest'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    [row] = csv.DictReader(open(tmp_path / "eval_manifest" / "per_case.csv"))
+    assert row["id"] == "held" and np.isfinite(float(row["dice_wm"]))
 
 
 def test_multichannel_dataset_trains_and_predicts_nnunet_named_files(tmp_path):
