@@ -496,13 +496,11 @@ def read_label_space(root: str | os.PathLike) -> LabelSpace:
     return label_space_from_json(spec, where=str(json_path))
 
 
-def read_dataset(root: str | os.PathLike, *, check_labels: bool = True, atol: float = 1e-3) -> NnunetDataset:
+def read_dataset(root: str | os.PathLike, *, atol: float = 1e-3) -> NnunetDataset:
     """Reads and checks a dataset folder (see the module docstring); loads no image.
 
     Args:
       root: the ``DatasetXXX_Name`` folder.
-      check_labels: read every label map once to check its values and find what each case
-        annotates (without it, every labelled case counts as fully annotated).
       atol: the largest difference allowed between the affines of a case's files.
 
     Returns:
@@ -569,9 +567,6 @@ def read_dataset(root: str | os.PathLike, *, check_labels: bool = True, atol: fl
         source = sources.get(case_id, "")
         if label_path is None:
             return DatasetCase(case_id, paths, None, shape, affine, source=source)
-        if not check_labels:
-            everything = tuple(range(space.num_classes))
-            return DatasetCase(case_id, paths, label_path, shape, affine, (), everything, False, True, source)
         values = _label_values(label_path, space)
         annotated, has_ignore, full = _annotation(values, space)
         return DatasetCase(case_id, paths, label_path, shape, affine, values, annotated, has_ignore, full, source)
