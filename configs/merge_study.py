@@ -13,7 +13,7 @@ dataset path (``configs/dataset.py``). METHOD is one of:
   leaf_dice      leaf-Dice (label-set loss);
   leaf_dice_ce   leaf-Dice + marginal cross-entropy.
 
-SCALE is ``cpu`` (default: MNI152 brains at 4 mm, the study's 18 runs within about an hour on 2
+SCALE is ``cpu`` (default: MNI152 brains at 4 mm, the study's 18 runs in 80 minutes on 2
 CPU cores) or ``smoke`` (seconds, for tests).
 """
 
