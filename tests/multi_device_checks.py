@@ -16,7 +16,8 @@ import tempfile
 
 import jax
 
-jax.config.update("jax_num_cpu_devices", 4)
+if __name__ == "__main__":  # not when pytest imports the module to collect doctests
+    jax.config.update("jax_num_cpu_devices", 4)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
