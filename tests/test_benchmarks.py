@@ -55,8 +55,9 @@ def test_profile_step_tiny():
     ops = [(name, float(ms)) for name, ms in re.findall(r"^\| `([^`]+)` \| ([0-9.]+) \| \d+ \|$", output, re.MULTILINE)]
     assert len(ops) == 5, output
     assert [ms for _, ms in ops] == sorted((ms for _, ms in ops), reverse=True), ops  # the slowest first
-    # On CPU the convolutions go through YNNPACK (the folded form): one of the slowest ops is such a
-    # call, and its kind's row holds at least its time.
+    # On CPU the folded convolutions go through YNNPACK: the profile has ops of that kind (a kind
+    # gets a row only when some op of the step is of it), and its row holds at least the time of
+    # any such op among the slowest.
+    assert "YNNPACK library call (convolutions, matrix products)" in kinds, output
     ynnpack = [ms for name, ms in ops if re.search(r"^ynn|^xnn|onednn", name)]
-    assert ynnpack, ops
-    assert kinds["YNNPACK library call (convolutions, matrix products)"][0] >= max(ynnpack) - 1, output
+    assert kinds["YNNPACK library call (convolutions, matrix products)"][0] >= max(ynnpack, default=0) - 1, output
