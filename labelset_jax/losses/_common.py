@@ -77,11 +77,12 @@ def counted(labels: Array, space: LabelSpace, *, classical: bool) -> Array:
     if classical:
         ok = (labels >= 0) & (labels < space.num_classes)
     else:
-        valid = np.asarray(space.valid_ids, bool).copy()
+        ok = (labels >= 0) & (labels < space.num_ids)
         if space.ignore_id is not None:
-            valid[space.ignore_id] = False
-        inside = (labels >= 0) & (labels < space.num_ids)
-        ok = inside & jnp.asarray(valid)[jnp.clip(labels, 0, space.num_ids - 1)]
+            ok = ok & (labels != space.ignore_id)
+        gaps = np.flatnonzero(~np.asarray(space.valid_ids, bool))
+        if gaps.size:  # ids between the set ids that name nothing (comparisons, no gather, when none)
+            ok = ok & jnp.asarray(np.asarray(space.valid_ids, bool))[jnp.clip(labels, 0, space.num_ids - 1)]
     return ok.astype(jnp.float32)
 
 
