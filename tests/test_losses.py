@@ -470,17 +470,6 @@ def test_soft_target_dice_is_not_a_label_set_loss():
 
 
 # ----------------------------------------------------------------------------- autodiff and edge cases
-ALL_LOSSES = {**losses.CLASSICAL_LOSSES, **losses.LABEL_SET_LOSSES, **losses.BASELINE_LOSSES}
-
-
-def _weighted_loss(name, logits, labels):
-    return jnp.sum(ALL_LOSSES[name](logits, labels, label_space=SPACE, reduction="none") * jnp.array([1.0, 2.0]))
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted_weighted_loss(name):
-    """Compiled once per loss (the labels are an argument, not a constant)."""
-    return jax.jit(jax.value_and_grad(functools.partial(_weighted_loss, name)))
 TAKES_SETS = sorted(n for n in ALL_LOSSES if losses.takes_label_space(n))
 
 
