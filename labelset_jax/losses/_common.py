@@ -24,7 +24,6 @@ def check_inputs(
     label_space: LabelSpace | None,
     *,
     fn: str,
-    allow_sets: bool,
 ) -> LabelSpace:
     """Validates shapes and dtypes (static, so the same eagerly and under ``jit``); returns the space.
 
@@ -37,12 +36,10 @@ def check_inputs(
       labels: integer ``[B, *spatial]`` label ids.
       label_space: the space, or ``None`` for leaves ``0..C-1`` only.
       fn: the calling loss's name, for messages.
-      allow_sets: whether set ids (``>= C``) are meaningful for the loss (label-set losses).
 
     Raises:
       ValueError: mismatched shapes, ``C`` not matching the space, float labels.
     """
-    del allow_sets  # what ids mean to each kind of loss: counted()
     if logits.ndim < 2:
         raise ValueError(f"{fn}: logits must be [B, *spatial, C], got shape {logits.shape}")
     num_classes = logits.shape[-1]

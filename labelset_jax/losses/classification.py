@@ -24,7 +24,7 @@ def _targets_and_log_probs(logits, labels, label_space, fn):
     if _common.is_soft(logits, labels):
         _common.check_soft_targets(logits, labels, fn=fn, label_space=label_space)
         return labels.astype(jnp.float32), log_probs, jnp.ones(labels.shape[:-1], jnp.float32)
-    space = _common.check_inputs(logits, labels, label_space, fn=fn, allow_sets=False)
+    space = _common.check_inputs(logits, labels, label_space, fn=fn)
     w = _common.counted(labels, space, classical=True)
     return jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32), log_probs, w
 

@@ -221,7 +221,7 @@ def _dice_loss(logits, labels, *, label_space, reduction, fn, prediction, target
         space = label_space or LabelSpace.leaves(logits.shape[-1])
         spec = _make_spec(space, "softmax", "soft", **options)
     else:
-        space = _common.check_inputs(logits, labels, label_space, fn=fn, allow_sets=allow_sets)
+        space = _common.check_inputs(logits, labels, label_space, fn=fn)
         spec = _make_spec(space, prediction, target, count="sets" if allow_sets else "leaves", **options)
     _common.check_reduction(reduction, fn=fn)
     return _common.reduce_loss(_dice_core(logits, labels, spec), reduction, fn=fn)

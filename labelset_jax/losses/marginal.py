@@ -74,8 +74,7 @@ def marginal_cross_entropy(
       Y. Shi et al., *Marginal loss and exclusion loss for partially supervised multi-organ
       segmentation*, MedIA 2021.
     """
-    label_space = _common.check_inputs(logits, labels, label_space, fn="marginal_cross_entropy",
-                                       allow_sets=True)
+    label_space = _common.check_inputs(logits, labels, label_space, fn="marginal_cross_entropy")
     _common.check_reduction(reduction, fn="marginal_cross_entropy")
     return _common.reduce_loss(_marginal_ce_core(logits, labels, label_space), reduction,
                                fn="marginal_cross_entropy")
@@ -180,8 +179,7 @@ def marginalize(loss: Callable[..., Array]) -> Callable[..., Array]:
     name = getattr(loss, "__name__", type(loss).__name__)
 
     def marginal_loss(logits, labels, *, label_space: LabelSpace, reduction: str = "mean", **options):
-        label_space = _common.check_inputs(logits, labels, label_space, fn=f"marginalize({name})",
-                                           allow_sets=True)
+        label_space = _common.check_inputs(logits, labels, label_space, fn=f"marginalize({name})")
         _common.check_reduction(reduction, fn=f"marginalize({name})")
         m, size = _common.gather_sets(labels, label_space)
         # The voxels a label-set loss excludes (the ignore id, unknown ids) carry the set of all
