@@ -41,7 +41,10 @@ def sources(draw):
         if len(names) >= 3 and draw(st.booleans()):
             members = draw(st.lists(st.integers(0, len(names) - 1), min_size=2, max_size=len(names) - 1, unique=True))
             superset[len(names)] = sorted(members)
-            set_names[len(names)] = f"set_{'_'.join(names[m] for m in sorted(members))}"
+            # named per source: two sources' sets of the same leaf names can mean different merged
+            # leaves (each source's background covers the leaves it does not declare), which the merge
+            # rightly refuses as one name with two meanings
+            set_names[len(names)] = f"s{k}_set_{'_'.join(names[m] for m in sorted(members))}"
         ignore = None
         if draw(st.booleans()):
             ignore = len(names) + len(superset)
@@ -66,7 +69,7 @@ def source_labels(space: LabelSpace, truth_leaves, truth, coins):
     return out
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(sources())
 def test_every_merged_voxel_contains_its_true_leaf(case):
     spaces, truth_leaves, truth, coins = case
