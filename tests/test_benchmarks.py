@@ -29,8 +29,11 @@ def check_ratio(output: str, name: str, ours: str, peer: str) -> None:
     assert listed, output
     times = {k: [float(t) for t in v.split()] for k, v in (part.split(" ", 1) for part in listed.group(1).split("; "))}
     assert set(times) == {ours, peer} and len(times[ours]) == len(times[peer]) >= 1, times
-    expected = np.median(times[ours]) / np.median(times[peer])
-    assert abs(float(match.group(1)) - expected) <= 0.02 * expected + 2e-3, (match.group(1), expected)
+    ours_s, peer_s = np.median(times[ours]), np.median(times[peer])
+    expected = ours_s / peer_s
+    # the listed times are rounded to 1 ms: at the tiny scale that alone moves the quotient by a few %
+    rounding = expected * (5e-4 / ours_s + 5e-4 / peer_s)
+    assert abs(float(match.group(1)) - expected) <= 0.02 * expected + rounding + 2e-3, (match.group(1), expected)
 
 
 def test_bench_train_tiny():
