@@ -114,12 +114,13 @@ def copy_weights(twin: TorchUNet3D, model) -> None:
     _conv(twin.head, model.heads[0])
 
 
-def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5,
+                   smooth_nr: float = 1e-5) -> torch.Tensor:
     """Squared soft Dice of the softmax, mean over classes and batch: what ``leaf_dice`` computes
     on fully labelled volumes (``labels`` are leaf ids ``[B, D, H, W]``)."""
     probs = torch.softmax(logits, dim=1)
     target = F.one_hot(labels, logits.shape[1]).permute(0, 4, 1, 2, 3).to(probs.dtype)
     axes = (2, 3, 4)
-    num = 2 * (probs * target).sum(axes)
+    num = 2 * (probs * target).sum(axes) + smooth_nr
     den = (probs * probs).sum(axes) + target.sum(axes) + eps
     return (1 - num / den).mean()

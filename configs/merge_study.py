@@ -19,7 +19,7 @@ CPU cores) or ``smoke`` (seconds, for tests).
 
 import ml_collections
 
-from configs import dataset
+from configs import dataset, default
 
 # method -> (loss, label transform, sources trained on; empty = all)
 METHODS = {
@@ -43,6 +43,7 @@ def get_config(arg: str = "leaf_dice") -> ml_collections.ConfigDict:
     config = dataset.get_config("")
     config.method = method
     config.loss, config.data.label_transform, sources = METHODS[method]
+    default.paper_dice_constants(config)
     config.data.sources = list(sources)
     config.data.num_val = 2  # drawn in turn from each source (no case of a merged dataset is fully annotated)
     config.data.foreground_prob = 0.5

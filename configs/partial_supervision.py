@@ -57,6 +57,7 @@ def get_config(arg: str = "leaf_dice") -> ml_collections.ConfigDict:
     config = default.get_config()
     config.method = method
     config.loss, config.data.label_transform = METHODS[method]
+    default.paper_dice_constants(config)
 
     data = config.data
     data.seed = 0  # the data seed: cohort, validation and test cases; config.seed is the run seed

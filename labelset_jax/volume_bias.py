@@ -83,7 +83,8 @@ class Arm(NamedTuple):
     soft_targets: bool = False
 
 
-_FOREGROUND = {"include_background": False}  # binary tasks: the foreground Dice, as Bertels et al.
+# Binary tasks: the foreground Dice, as Bertels et al., without a numerator constant (the papers' form).
+_FOREGROUND = {"include_background": False, "smooth_nr": 0.0}
 
 #: The arms of the volume-bias study, by name. The Dice arms score the foreground only
 #: (``include_background=False``): on a binary task that is the soft Dice of the papers.

@@ -31,10 +31,14 @@ def membership_rows(labels, num_classes, sets):
     return membership_table(num_classes, sets)[np.asarray(labels)]
 
 
-def dice_loss(pred, target, *, squared=True, eps=1e-5, smooth_nr=0.0, include_background=True,
-              batch_dice=False, class_weights=None):
+def dice_loss(pred, target, *, squared=True, eps=1e-5, smooth_nr=1e-5, include_background=True,
+              batch_dice=False, class_weights=None, unsmoothed=None):
+    """``unsmoothed``: bool ``[B, C]`` (``[C]`` with batch Dice), classes whose numerator gets no
+    ``smooth_nr``."""
     power = 2 if squared else 1
     axes = (0, 1) if batch_dice else (1,)
+    if unsmoothed is not None:
+        smooth_nr = np.where(unsmoothed, 0.0, smooth_nr)
     num = 2 * (pred * target).sum(axes) + smooth_nr
     den = (pred**power).sum(axes) + (target**power).sum(axes) + eps
     dice = np.atleast_2d(num / den)
@@ -45,7 +49,7 @@ def dice_loss(pred, target, *, squared=True, eps=1e-5, smooth_nr=0.0, include_ba
     return np.broadcast_to(loss, (pred.shape[0],))
 
 
-def generalized_dice_loss(pred, target, *, squared=False, eps=1e-5, smooth_nr=0.0,
+def generalized_dice_loss(pred, target, *, squared=False, eps=1e-5, smooth_nr=1e-5,
                           include_background=True, batch_dice=False):
     power = 2 if squared else 1
     axes = (0, 1) if batch_dice else (1,)
@@ -62,7 +66,7 @@ def generalized_dice_loss(pred, target, *, squared=False, eps=1e-5, smooth_nr=0.
     return np.broadcast_to(np.array(out), (pred.shape[0],))
 
 
-def dice_semimetric_loss(pred, target, *, eps=1e-5, smooth_nr=0.0, include_background=True,
+def dice_semimetric_loss(pred, target, *, eps=1e-5, smooth_nr=1e-5, include_background=True,
                          batch_dice=False, class_weights=None):
     """1 - mean_c (|x|_1 + |y|_1 - |x - y|_1 + smooth_nr) / (|x|_1 + |y|_1 + eps), per class c."""
     axes = (0, 1) if batch_dice else (1,)
@@ -113,8 +117,16 @@ def leaf_targets(labels, num_classes):
 
 
 def leaf_dice(logits, labels, num_classes, sets, ignore=None, **options):
+    """A leaf with no singleton voxel that lies in some counted voxel's set gets Dice 0 (no
+    ``smooth_nr``)."""
     w = kept(labels, np.inf, ignore)
-    return dice_loss(softmax(logits) * w, leaf_targets(labels, num_classes) * w, **options)
+    labels = np.asarray(labels)
+    singleton = leaf_targets(labels, num_classes) * w
+    is_set = (labels >= num_classes) & (w[..., 0] > 0)
+    in_set = membership_rows(np.where(is_set, labels, 0), num_classes, sets) * is_set[..., None]
+    axes = (0, 1) if options.get("batch_dice") else (1,)
+    hidden = (in_set.sum(axes) > 0) & (singleton.sum(axes) == 0)
+    return dice_loss(softmax(logits) * w, singleton, unsmoothed=hidden, **options)
 
 
 def marginal_maps(logits, labels, num_classes, sets):

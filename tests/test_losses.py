@@ -339,7 +339,7 @@ def test_dice_semimetric_is_minimal_at_the_soft_targets():
     the soft Dice is not minimised there: a gradient step away from the targets lowers it."""
     targets = soft_targets(4, (2, 6, 5))
     at_targets = np.log(targets)
-    loss = lambda z: losses.dice_semimetric(z, targets, eps=0.0)
+    loss = lambda z: losses.dice_semimetric(z, targets, eps=0.0, smooth_nr=0.0)
     assert float(loss(at_targets)) == pytest.approx(0.0, abs=1e-6)
     grad = jax.grad(loss)(jnp.asarray(at_targets))
     rng = np.random.default_rng(5)
@@ -693,3 +693,44 @@ def test_soft_targets_are_checked_against_the_label_space(name):
     targets = jnp.full((1, 4, 3), 1 / 3)
     with pytest.raises(ValueError, match="logits have 3 channels but label_space has 5 leaves"):
         losses.get_loss(name)(logits, targets, label_space=LabelSpace.leaves(5))
+
+
+# ----------------------------------------------------------------------------- smoothing constants
+DICE_LOSSES = {
+    "soft_dice": losses.soft_dice, "generalized_dice": losses.generalized_dice,
+    "dice_semimetric": losses.dice_semimetric, "dice_ce": losses.dice_ce,
+    "leaf_dice": functools.partial(losses.leaf_dice, label_space=SPACE),
+    "leaf_dice_ce": functools.partial(losses.leaf_dice_ce, label_space=SPACE),
+    "marginal_dice": functools.partial(losses.marginal_dice, label_space=SPACE),
+    "soft_target_dice": functools.partial(losses.soft_target_dice, label_space=SPACE),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DICE_LOSSES))
+def test_a_perfect_prediction_of_an_absent_class_scores_zero_by_default(name):
+    """MONAI's and nnU-Net's constants: classes 3 and 4 are absent and predicted absent."""
+    labels = jnp.array([[[0, 1, 1], [2, 2, 0]]])
+    logits = one_hot_logits(labels, 5, scale=100.0)
+    loss = DICE_LOSSES[name]
+    assert float(loss(logits, labels)) == pytest.approx(0.0, abs=1e-5)
+    assert float(jax.jit(loss)(logits, labels)) == pytest.approx(0.0, abs=1e-5)
+    if name != "generalized_dice":  # the label-set paper's constants: each absent class costs 1/C
+        assert float(loss(logits, labels, smooth_nr=0.0)) == pytest.approx(2 / 5, abs=1e-5)
+
+
+def test_leaf_dice_gives_a_leaf_hidden_in_a_set_dice_zero_and_no_gradient():
+    """Leaves 3 and 4 have no singleton voxel but lie in set 5: whatever ``smooth_nr``, their Dice is 0
+    and they give no gradient (they may be present in the set voxels); leaf 2, absent from every
+    label, gets the numerator constant."""
+    labels = jnp.array([[[0, 1, 1], [5, 5, 0]]])
+    logits = one_hot_logits(jnp.array([[[0, 1, 1], [3, 4, 0]]]), 5, scale=100.0)
+    start = jnp.asarray(np.random.default_rng(0).normal(size=(1, 2, 3, 5)), jnp.float32)
+    for smooth_nr in (1e-5, 1e-2):  # with eps = smooth_nr, as MONAI: an absent class predicted absent has Dice 1
+        options = dict(label_space=SPACE, smooth_nr=smooth_nr, eps=smooth_nr)
+        assert float(losses.leaf_dice(logits, labels, **options)) == pytest.approx(2 / 5, abs=1e-4)
+        hidden = lambda z: losses.leaf_dice(z, labels, class_weights=[0, 0, 0, 1, 1], **options)
+        assert float(hidden(start)) == 1.0
+        np.testing.assert_array_equal(jax.grad(hidden)(start), 0.0)
+        absent = lambda z: losses.leaf_dice(z, labels, class_weights=[0, 0, 1, 0, 0], **options)
+        assert float(absent(logits)) == pytest.approx(0.0, abs=1e-4)
+        assert np.abs(jax.grad(absent)(start)).max() > 0

@@ -49,7 +49,7 @@ def flat(x):
 # Each case: the loss called on (logits, volume), and its float64 reference on flat arrays.
 CASES = {
     "leaf_dice": (lambda z, v, **o: losses.leaf_dice(z, v[1], label_space=SPACE, **o),
-                  lambda z, v, **o: ref.leaf_dice(z, flat(v[1]), C, SETS, **o)),
+                  lambda z, v, **o: ref.leaf_dice(z, flat(v[1]).astype(int), C, SETS, **o)),
     "marginal_dice": (lambda z, v, **o: losses.marginal_dice(z, v[1], label_space=SPACE, **o),
                       lambda z, v, **o: ref.marginal_dice(z, flat(v[1]).astype(int), C, SETS, **o)),
     "marginal_cross_entropy": (

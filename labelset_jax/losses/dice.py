@@ -14,6 +14,13 @@ and so is also leaf-Dice's target; the uniform set target ``Φ(g)``; or given so
 intersection ``ι(p̂, t)`` is the product ``p̂ t`` (soft Dice) or ``min(p̂, t)`` (the Dice
 semimetric). The Dice per class is ``(2 S^pt_c + smooth_nr) / (S^pp_c + S^tt_c + eps)``.
 
+**Constants.** ``eps`` (MONAI's ``smooth_dr``) and ``smooth_nr`` are both ``1e-5`` by default, as
+MONAI's ``DiceLoss`` and nnU-Net's soft Dice: a class absent from the target and predicted absent has
+a Dice of about 1, so a perfect prediction scores about 0. Leaf-Dice keeps the label-set paper's rule
+for a leaf that has no singleton voxel but lies inside some voxel's label set (it may be present
+there): Dice 0 with zero gradient, whatever ``smooth_nr``. ``smooth_nr=0`` gives the constants of
+the label-set paper's reference package (``eps`` in the denominator only), which the studies use.
+
 **The Dice core** computes the three sums with a ``jax.custom_vjp`` whose backward pass is
 closed-form: with ``a, b, c`` the derivatives of the loss with respect to ``S^pt, S^pp, S^tt``
 (taken by ``jax.vjp`` on the tiny ``[B, C]`` sums),
@@ -50,7 +57,7 @@ class _DiceSpec:
     intersection: str = "product"  # "product" | "min"  (ι(p̂, t) = p̂ t or min(p̂, t))
     squared: bool = True
     eps: float = 1e-5
-    smooth_nr: float = 0.0
+    smooth_nr: float = 1e-5
     include_background: bool = True
     batch_dice: bool = False
     class_weights: tuple[float, ...] | None = None
@@ -58,8 +65,10 @@ class _DiceSpec:
     count: str = "all"  # "all" (soft targets) | "leaves" (classical) | "sets" (label-set): _common.counted
 
 
-def _loss_from_sums(s_pt: Array, s_pp: Array, s_tt: Array, spec: _DiceSpec, batch: int) -> Array:
-    """Per-sample Dice loss ``[B]`` from the per-class sums (broadcast for batch Dice)."""
+def _loss_from_sums(s_pt: Array, s_pp: Array, s_tt: Array, spec: _DiceSpec, batch: int,
+                    smooth: Array) -> Array:
+    """Per-sample Dice loss ``[B]`` from the per-class sums (broadcast for batch Dice) and the
+    numerator constant (``[B, C]``, or a scalar)."""
     num_classes = s_pt.shape[-1]
     first = 0 if spec.include_background else 1
     if spec.class_weights is not None:
@@ -68,6 +77,8 @@ def _loss_from_sums(s_pt: Array, s_pp: Array, s_tt: Array, spec: _DiceSpec, batc
         weights = jnp.ones((num_classes,), jnp.float32)
     weights = weights[first:]
     s_pt, s_pp, s_tt = s_pt[:, first:], s_pp[:, first:], s_tt[:, first:]
+    if smooth.ndim:
+        smooth = smooth[:, first:]
     if spec.generalized:
         # Sudre et al. 2017: w_c = 1 / (Σ_i t_ic)²; classes absent from the target get the largest
         # finite weight of the sample (MONAI's convention), so an empty class does not dominate.
@@ -77,7 +88,7 @@ def _loss_from_sums(s_pt: Array, s_pp: Array, s_tt: Array, spec: _DiceSpec, batc
         denom = jnp.sum(w * (s_pp + s_tt), axis=-1) + spec.eps
         loss = 1.0 - numer / denom
     else:
-        dice = (2.0 * s_pt + spec.smooth_nr) / (s_pp + s_tt + spec.eps)
+        dice = (2.0 * s_pt + smooth) / (s_pp + s_tt + spec.eps)
         loss = 1.0 - jnp.sum(weights * dice, axis=-1) / jnp.sum(weights)
     return jnp.broadcast_to(loss, (batch,))
 
@@ -142,6 +153,26 @@ def _chunk_target_grad(z: Array, t: Array, a: Array, c: Array, *, spec: _DiceSpe
     return a * _d_intersection(t, probs, spec) + (2.0 * c * t if spec.squared else c)
 
 
+def _numerator_constant(labels: Array, spec: _DiceSpec) -> Array:
+    """``smooth_nr`` per sample and class: ``spec.smooth_nr``, except for leaf-Dice's *hidden* leaves
+    (no singleton voxel, but inside some counted voxel's label set), which get 0 (``[B, C]``, or
+    ``[1, C]`` for batch Dice); a scalar when no leaf can be hidden."""
+    space = spec.space
+    if not (spec.target == "onehot" and spec.count == "sets" and spec.smooth_nr and space.has_sets):
+        return jnp.float32(spec.smooth_nr)
+    flat = labels.reshape(labels.shape[0], -1)
+    weight = _common.counted(flat, space, classical=False)
+    index = jnp.clip(flat, 0, space.num_ids - 1)
+    rows = jnp.arange(flat.shape[0])[:, None]
+    per_id = jnp.zeros((flat.shape[0], space.num_ids), jnp.float32).at[rows, index].add(weight)
+    if spec.batch_dice:
+        per_id = jnp.sum(per_id, axis=0, keepdims=True)
+    sets = jnp.asarray(space.membership[space.num_classes:], jnp.float32)
+    in_set = per_id[:, space.num_classes:] @ sets > 0
+    annotated = per_id[:, :space.num_classes] > 0
+    return jnp.where(in_set & ~annotated, 0.0, spec.smooth_nr)
+
+
 def _flat(logits: Array, labels: Array, spec: _DiceSpec) -> tuple[Array, Array]:
     z = _common.flatten_spatial(logits, channels=True)
     return z, _common.flatten_spatial(labels, channels=spec.target == "soft")
@@ -157,17 +188,18 @@ def _dice_core_fwd(logits, labels, spec):
     sums = _common.sum_over_voxels(functools.partial(_chunk_sums, spec=spec), *_flat(logits, labels, spec))
     if spec.batch_dice:  # batch Dice adds the per-sample sums over the batch: [1, C]
         sums = tuple(jnp.sum(s, axis=0, keepdims=True) for s in sums)
-    # Residuals: the inputs and the [B, C] sums; the backward pass recomputes the softmax.
-    return _loss_from_sums(*sums, spec, logits.shape[0]), (logits, labels, sums)
+    smooth = _numerator_constant(labels, spec)
+    # Residuals: the inputs, the [B, C] sums and constants; the backward pass recomputes the softmax.
+    return _loss_from_sums(*sums, spec, logits.shape[0], smooth), (logits, labels, sums, smooth)
 
 
 def _dice_core_bwd(spec, residuals, g):
     """Closed-form VJP: ``(a, b, c)`` by ``jax.vjp`` on the ``[B, C]`` sums, then one chunked pass
     over the logits and labels that recomputes the maps and writes the gradient (and a second one
     for the gradient of soft targets)."""
-    logits, labels, sums = residuals
+    logits, labels, sums, smooth = residuals
     batch, num_classes = logits.shape[0], logits.shape[-1]
-    _, sums_vjp = jax.vjp(lambda *s: _loss_from_sums(*s, spec, batch), *sums)
+    _, sums_vjp = jax.vjp(lambda *s: _loss_from_sums(*s, spec, batch, smooth), *sums)
     a, b, c = (jnp.broadcast_to(x, (batch, num_classes))[:, None] for x in sums_vjp(g))
     z, flat_labels = _flat(logits, labels, spec)
     d_logits = _common.map_over_voxels(
@@ -208,7 +240,7 @@ def _make_spec(space, prediction, target, *, intersection="product", squared, ep
 
 
 def _dice_loss(logits, labels, *, label_space, reduction, fn, prediction, target, allow_sets,
-               intersection="product", generalized=False, squared=True, eps=1e-5, smooth_nr=0.0,
+               intersection="product", generalized=False, squared=True, eps=1e-5, smooth_nr=1e-5,
                include_background=True, batch_dice=False, class_weights=None):
     """Shared front end of the Dice losses: checks, static spec, core, reduction."""
     options = dict(intersection=intersection, squared=squared, eps=eps, smooth_nr=smooth_nr,
@@ -234,7 +266,7 @@ def soft_dice(
     label_space: LabelSpace | None = None,
     squared: bool = True,
     eps: float = 1e-5,
-    smooth_nr: float = 0.0,
+    smooth_nr: float = 1e-5,
     include_background: bool = True,
     batch_dice: bool = False,
     class_weights: Sequence[float] | None = None,
@@ -255,7 +287,9 @@ def soft_dice(
         :func:`leaf_dice` or :func:`~labelset_jax.losses.marginal_dice`.
       squared: squared denominator terms (``α = 2``; MONAI's ``squared_pred``).
       eps: added to the denominator only (MONAI's ``smooth_dr``).
-      smooth_nr: added to the numerator (MONAI's ``smooth_nr``).
+      smooth_nr: added to the numerator (MONAI's ``smooth_nr``); with ``smooth_nr <= eps`` (MONAI's
+        and nnU-Net's ``1e-5`` for both) every class's Dice is at most 1, and a class absent from
+        the target and predicted absent has a Dice of about 1. ``0``: the label-set paper's form.
       include_background: whether class 0 enters the mean.
       batch_dice: sum over the whole batch before dividing (nnU-Net's batch Dice); the single
         batch loss is then returned for every sample with ``reduction="none"``.
@@ -288,7 +322,7 @@ def generalized_dice(
     label_space: LabelSpace | None = None,
     squared: bool = False,
     eps: float = 1e-5,
-    smooth_nr: float = 0.0,
+    smooth_nr: float = 1e-5,
     include_background: bool = True,
     batch_dice: bool = False,
     reduction: str = "mean",
@@ -336,7 +370,7 @@ def leaf_dice(
     label_space: LabelSpace,
     squared: bool = True,
     eps: float = 1e-5,
-    smooth_nr: float = 0.0,
+    smooth_nr: float = 1e-5,
     include_background: bool = True,
     batch_dice: bool = False,
     class_weights: Sequence[float] | None = None,
@@ -352,7 +386,9 @@ def leaf_dice(
     The numerator counts only voxels annotated with the single leaf ``c``; the prediction term of
     the denominator sums over **all** voxels, set voxels included, so probability put on a leaf
     outside the voxels where it is annotated is penalised. A class without any singleton voxel in
-    the sample contributes a Dice of 0 with zero gradient; the mean still divides by ``C``. It
+    the sample that lies inside some voxel's label set (it may be present there) contributes a Dice
+    of 0 with zero gradient; the mean still divides by ``C``. A class absent from every voxel's
+    label gets ``smooth_nr`` as in :func:`soft_dice` (predicted absent: a Dice of about 1). It
     satisfies the label-set axiom when every set holds only leaves absent from the image, and
     equals :func:`soft_dice` on full segmentations.
 
@@ -392,7 +428,7 @@ def marginal_dice(
     label_space: LabelSpace,
     squared: bool = True,
     eps: float = 1e-5,
-    smooth_nr: float = 0.0,
+    smooth_nr: float = 1e-5,
     include_background: bool = True,
     batch_dice: bool = False,
     class_weights: Sequence[float] | None = None,
@@ -446,7 +482,7 @@ def dice_semimetric(
     *,
     label_space: LabelSpace | None = None,
     eps: float = 1e-5,
-    smooth_nr: float = 0.0,
+    smooth_nr: float = 1e-5,
     include_background: bool = True,
     batch_dice: bool = False,
     class_weights: Sequence[float] | None = None,
@@ -505,7 +541,7 @@ def soft_target_dice(
     label_space: LabelSpace,
     squared: bool = True,
     eps: float = 1e-5,
-    smooth_nr: float = 0.0,
+    smooth_nr: float = 1e-5,
     include_background: bool = True,
     batch_dice: bool = False,
     class_weights: Sequence[float] | None = None,
