@@ -95,7 +95,7 @@ def train_step_rate(steps: int) -> float:
     data = ml_collections.ConfigDict(config.data.to_dict())
     data.protocols = {"full": 1, "wm_vent_cereb": 1}
     datasets = input_pipeline.create_datasets(data, seed=0)
-    loader = input_pipeline.create_loader(config, datasets.train)
+    loader = input_pipeline.create_loader(config, datasets.train, datasets.label_space)
     model = create_model(config.model, num_classes=datasets.label_space.num_classes, rngs=nnx.Rngs(0))
     mesh = train.make_mesh()
     with jax.set_mesh(mesh), loader:

@@ -105,7 +105,7 @@ def convert_feta(output: Path, *, root: str, reconstruction: str, overwrite: boo
     """Writes a FeTA folder with its labels mapped onto the fetal-brain leaves."""
     files = data_lib.feta_cases(root, reconstruction=reconstruction or None)  # checks the layout first
     return write_dataset(
-        output, (f.load() for f in files), space=phantom_space(), channel_names=["T2"], overwrite=overwrite,
+        output, (f.load(space=FETAL_BRAIN) for f in files), space=phantom_space(), channel_names=["T2"], overwrite=overwrite,
         extra={"description": f"FeTA 2021 ({root}), labels mapped onto the fetal-brain leaves"},
     )
 

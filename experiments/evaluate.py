@@ -54,14 +54,14 @@ def main(argv):
     cli.check_output_folder(output)  # before loading anything
     try:
         if _MANIFEST.value:
-            manifest_rows = read_manifest(_MANIFEST.value, protocols=None)  # the rows and that their files exist
+            manifest_rows = read_manifest(_MANIFEST.value)  # the rows and that their files exist
             if not manifest_rows:
                 cli.fail(f"{_MANIFEST.value}: the manifest lists no case")
         models = [train.load_trained(w, best=_BEST.value) for w in workdirs]
         config = models[0].config
         if _MANIFEST.value:
-            # the protocols come from the run's label space (any model, not only the fetal brain's)
-            cases = load_cases(manifest_rows, protocols=input_pipeline.manifest_protocols(models[0].label_space))
+            # the ids mean what they mean to the run; what each case annotates, from its label map
+            cases = load_cases(manifest_rows, space=models[0].label_space)
         elif _SPLIT.value == "test":
             cases = input_pipeline.create_test_cases(config.data)
         else:

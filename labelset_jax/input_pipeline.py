@@ -18,8 +18,9 @@ Data sources (``config.data.name``), each giving :class:`~labelset_jax.data.Case
   closest RAS+ axis order and resampled to ``config.data.spacing`` (default: the dataset's median
   spacing; :mod:`labelset_jax.data.resample`).
 
-The label space of phantoms, FeTA folders and manifests is the fetal-brain space of
-docs/theory.md §4 (FeTA labels are mapped onto it; manifest rows name its protocols).
+The label space comes from the data: the fetal-brain space of docs/theory.md §4 for the phantoms
+and FeTA (its labels are mapped onto it), the ``label_space.json`` next to a manifest, an nnU-Net
+folder's ``dataset.json``.
 
 ``config.data.label_transform`` implements the baselines of the partial-supervision study:
 ``"none"``; ``"naive"`` (label-set voxels become background); ``"full_only"`` (partially annotated
@@ -40,7 +41,7 @@ import numpy as np
 
 from labelset_jax import data as data_lib
 from labelset_jax.data import Case, nnunet, resample, transforms
-from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS, AnnotationProtocol, LabelSpace
+from labelset_jax.labelsets import FETAL_BRAIN, LabelSpace
 
 VAL_SEED_OFFSET = 100_000  # validation cases never share a seed with training cases
 
@@ -63,8 +64,12 @@ def label_space_for(data: ml_collections.ConfigDict) -> LabelSpace:
     name = data.name
     if name == "nnunet":
         return nnunet.read_label_space(_nnunet_path(data))
-    if name in ("phantoms", "feta", "manifest"):
+    if name in ("phantoms", "feta"):  # the fetal-brain phantoms, and FeTA mapped onto their leaves
         return FETAL_BRAIN
+    if name == "manifest":
+        if not data.get("manifest"):
+            raise ValueError("config.data.manifest must name a CSV manifest")
+        return data_lib.read_label_space(data.manifest)
     if name == "mni152":
         return data_lib.MNI_TISSUE
     if name == "synthetic":
@@ -126,16 +131,6 @@ def _nnunet_cases(data: ml_collections.ConfigDict, *, train: bool = True) -> tup
             changed += moved
         out.append(cases)
     return out[0], out[1], spacing, changed
-
-
-def manifest_protocols(space: LabelSpace) -> dict[str, AnnotationProtocol]:
-    """The annotation protocols a CSV manifest of cases may name for a run of ``space``: ``full``
-    (every leaf of the run), and the fetal-brain protocols when the run's leaves are the fetal
-    brain's. The label space comes from the run, not from a default."""
-    protocols = {"full": space.protocol(range(space.num_classes), name="full")}
-    if space.names == FETAL_BRAIN.names:
-        protocols.update(FETAL_BRAIN_PROTOCOLS)
-    return protocols
 
 
 def create_test_cases(data: ml_collections.ConfigDict) -> list[Case]:
@@ -246,10 +241,9 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int, train: bool =
         if 0 < sum(full) < num_val:
             raise ValueError(f"{num_val} validation case(s) requested but only {sum(full)} case(s) are fully "
                              f"segmented; lower config.data.num_val")
-        names = [str(k) for k in range(len(files))]
-        chosen = data_lib.choose_validation(names, full, num_val, seed=seed)
-        val_cases = data_lib.load_cases([f for k, f in zip(names, files) if k in chosen]) if chosen else []
-        train_cases = data_lib.load_cases([f for k, f in zip(names, files) if k not in chosen]) if train else []
+        chosen = data_lib.choose_validation([f.id for f in files], full, num_val, seed=seed)
+        val_cases = data_lib.load_cases([f for f in files if f.id in chosen], space=space) if chosen else []
+        train_cases = data_lib.load_cases([f for f in files if f.id not in chosen], space=space) if train else []
     else:
         raise ValueError(f"unknown config.data.name {name!r}")
     if train:
@@ -280,10 +274,12 @@ def intensity_statistics(data: ml_collections.ConfigDict, cases: Sequence[Case])
     return out
 
 
-def create_loader(config: ml_collections.ConfigDict, cases: Sequence[Case]) -> data_lib.Loader:
-    """The training loader: this process's slice of each global batch, prefetched."""
+def create_loader(config: ml_collections.ConfigDict, cases: Sequence[Case], space: LabelSpace) -> data_lib.Loader:
+    """The training loader: this process's slice of each global batch, prefetched; foreground patches
+    are centred on the ``space``'s foreground ids (the labels were checked when the cases were read)."""
     return data_lib.Loader(
         cases,
+        foreground_ids=space.foreground_ids,
         intensity=config.data.get("intensity"),
         batch_size=config.batch_size,
         patch_size=tuple(config.patch_size),

@@ -455,6 +455,54 @@ class LabelSpace:
     def has_sets(self) -> bool:
         return bool(self.set_ids)
 
+    def annotation(self, values: Iterable[int]) -> tuple[tuple[int, ...], bool, bool]:
+        """What a label map holding the ids ``values`` annotates, by the one rule of every data source:
+        ``(annotated leaves, uses the ignore label, fully annotated)``.
+
+        A voxel labelled with a set ``A`` (not the ignore label nor another set of every leaf) says
+        the annotator did not delineate the leaves of ``A``; the annotated leaves are the leaves in
+        no such set. The ignore label marks voxels whose label is unknown; it does not make a leaf
+        unannotated. A map with neither a label set nor the ignore label is fully annotated.
+
+        >>> space = LabelSpace.from_superset_map(4, {4: [2, 3], 5: [0, 1, 2, 3]}, ignore_id=5)
+        >>> space.annotation([0, 1, 4]), space.annotation([0, 1, 2, 5]), space.annotation([0, 3])
+        (((0, 1), False, False), ((0, 1, 2, 3), True, False), ((0, 1, 2, 3), False, True))
+        """
+        everything = tuple(range(self.num_classes))
+        values = {int(v) for v in values}
+        has_ignore = self.ignore_id is not None and self.ignore_id in values
+        sets = [v for v in values if v >= self.num_classes and v != self.ignore_id]
+        unannotated = {c for v in sets if self.leaves_of(v) != everything for c in self.leaves_of(v)}
+        return tuple(c for c in everything if c not in unannotated), has_ignore, not sets and not has_ignore
+
+    def annotation_name(self, annotated: Iterable[int], *, has_ignore: bool = False) -> str:
+        """A name for what a label map annotates (reports): ``"full"`` for every leaf without the
+        ignore label; else the annotated leaves joined by ``+`` (``"all"`` for every leaf), with
+        ``+ignore`` when it uses the ignore label.
+
+        >>> space = LabelSpace.leaves(["background", "wm", "gm"])
+        >>> space.annotation_name([0, 1]), space.annotation_name([0, 1, 2]), space.annotation_name([0, 1, 2], has_ignore=True)
+        ('background+wm', 'full', 'all+ignore')
+        """
+        annotated = tuple(sorted(int(c) for c in annotated))
+        every = annotated == tuple(range(self.num_classes))
+        if every and not has_ignore:
+            return "full"
+        name = "all" if every else "+".join(self.names[c] for c in annotated)
+        return name + ("+ignore" if has_ignore else "")
+
+    @functools.cached_property
+    def foreground_ids(self) -> tuple[int, ...]:
+        """The ids that certainly mark foreground: the leaves ``1..C-1`` (leaf 0 is the background)
+        and the label sets without the background (a set with it, such as the ignore label, may be
+        background). Foreground-biased patch sampling centres patches on these.
+
+        >>> LabelSpace.from_superset_map(4, {4: [2, 3], 5: [0, 3]}).foreground_ids
+        (1, 2, 3, 4)
+        """
+        return tuple(range(1, self.num_classes)) + tuple(
+            i for i, members in zip(self.set_ids, self.set_members) if 0 not in members)
+
     # ------------------------------------------------------------------ lookups
     def id_of(self, key: str | int | Iterable[int]) -> int:
         """The label id of a name, of a leaf id, or of a set of leaves (a singleton gives the leaf).

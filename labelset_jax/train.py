@@ -36,14 +36,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from labelset_jax import checkpoints, files, input_pipeline, losses
-from labelset_jax.data import nnunet
+from labelset_jax.data import LABEL_SPACE_FILE, nnunet  # the run's label space in the workdir (as a manifest's):
+# ``labels``/``label_sets`` as in a dataset.json, so that evaluation and prediction rebuild it without the data
 from labelset_jax.evaluation import EvalSettings, TrainedModel, evaluate_cases
 from labelset_jax.models import create_model
 from labelset_jax.writers import MetricWriter
 
-#: The run's label space in the workdir (``labels``/``label_sets`` as in a dataset.json), so that
-#: evaluation and prediction rebuild it without the training data.
-LABEL_SPACE_FILE = "label_space.json"
 REQUIRED_FIELDS = ("seed", "num_steps", "batch_size", "patch_size", "loss", "learning_rate",
                    "checkpoint_every", "eval_every", "data", "model")
 
@@ -412,7 +410,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     config = with_input_channels(config, datasets.train)
     config = with_spacing(config, datasets)
     config = with_intensity(config, datasets.train)
-    loader = input_pipeline.create_loader(config, datasets.train)
+    loader = input_pipeline.create_loader(config, datasets.train, label_space)
     model = create_model(config.model, num_classes=label_space.num_classes, rngs=nnx.Rngs(config.seed))
 
     mesh = make_mesh()

@@ -11,17 +11,19 @@ from labelset_jax.data import (
     FETA_TO_FETAL_BRAIN,
     Case,
     CaseFile,
+    Cohort,
     feta_cases,
     load_cases,
     make_phantom,
     phantom_cohort,
     read_cohort,
+    read_label_space,
     read_manifest,
     save_nifti,
     write_cohort,
     write_manifest,
 )
-from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS
+from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS, LabelSpace
 
 SHAPE = (32, 32, 32)
 EXPECTED_IDS = {
@@ -66,8 +68,9 @@ def test_write_read_cohort_round_trip(tmp_path, cohort):
     assert [r["protocol"] for r in rows] == [c.protocol for c in cohort]
     assert rows[0]["image"] == "images/phantom_0000.nii.gz"  # relative paths
     loaded = read_cohort(tmp_path / "cohort")
+    assert loaded.space == cohort.space == read_label_space(manifest)  # the space comes with the data
     for a, b in zip(cohort, loaded):
-        assert (a.id, a.protocol, a.spacing) == (b.id, b.protocol, b.spacing)
+        assert (a.id, a.protocol, a.spacing, a.annotated) == (b.id, b.protocol, b.spacing, b.annotated)
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.full_labels, b.full_labels)
         np.testing.assert_allclose(a.image, b.image)
@@ -75,14 +78,14 @@ def test_write_read_cohort_round_trip(tmp_path, cohort):
 
 
 def test_write_cohort_refuses_to_clobber_unless_asked(tmp_path, cohort):
-    write_cohort(tmp_path / "c", cohort.cases[:1])
+    write_cohort(tmp_path / "c", Cohort(cohort.cases[:1], cohort.space))
     with pytest.raises(ValueError, match="already exists"):
-        write_cohort(tmp_path / "c", cohort.cases[:2])
-    write_cohort(tmp_path / "c", cohort.cases[1:3], overwrite=True)
+        write_cohort(tmp_path / "c", Cohort(cohort.cases[:2], cohort.space))
+    write_cohort(tmp_path / "c", Cohort(cohort.cases[1:3], cohort.space), overwrite=True)
     assert [f.id for f in read_manifest(tmp_path / "c" / "manifest.csv")] == ["phantom_0001", "phantom_0002"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
     with pytest.raises(ValueError, match="duplicate"):
-        write_cohort(tmp_path / "d", [cohort[0], cohort[0]])
+        write_cohort(tmp_path / "d", Cohort([cohort[0], cohort[0]], cohort.space))
     assert not (tmp_path / "d").exists()
 
 
@@ -106,25 +109,39 @@ def test_manifest_round_trip_with_relative_paths(tmp_path, pair):
     text = (tmp_path / "lists" / "train.csv").read_text()
     assert "../data/a_img.nii.gz" in text
     (files,) = [read_manifest(tmp_path / "lists" / "train.csv")]
-    case = files[0].load()
+    case = files[0].load(space=FETAL_BRAIN)
     np.testing.assert_array_equal(case.labels, pair.labels)
     assert case.protocol == "wm_vent_cereb" and files[0].source.endswith("train.csv:2")
+    assert case.annotated == (0, 1, 2, 3)  # from the label map, the rule of every data source
 
 
 def test_manifest_without_protocol_column_means_full(tmp_path, pair):
     path = write_csv(tmp_path / "m.csv", "id,image,label\nb,data/a_img.nii.gz,data/a_lab.nii.gz\n")
     (f,) = read_manifest(path)
     assert f.protocol == "full"
-    # but the labels are partial: loading says which ids the protocol cannot produce
-    with pytest.raises(ValueError, match=r"a_lab\.nii\.gz: label id\(s\) \[9\] cannot occur under protocol 'full'"):
-        f.load()
+    # but the labels are partial: loading says so, naming the file
+    with pytest.raises(ValueError, match=r"a_lab\.nii\.gz: the case is declared 'full' \(.*m\.csv:2\) but its label map"):
+        f.load(space=FETAL_BRAIN)
+    with pytest.raises(ValueError, match=r"a_lab\.nii\.gz.*label id\(s\) \[9\] not in the label space"):
+        f.load(space=LabelSpace.leaves(FETAL_BRAIN.names))
+
+
+def test_a_manifest_folder_declares_its_label_space(tmp_path, pair):
+    path = write_csv(tmp_path / "m.csv", "id,image,label,protocol\nb,data/a_img.nii.gz,data/a_lab.nii.gz,wm\n")
+    with pytest.raises(ValueError, match=r"label_space\.json: missing"):
+        read_label_space(path)
+    (tmp_path / "label_space.json").write_text('{"labels": {"background": 0, "wm": 1, "wm": 2}}')
+    with pytest.raises(ValueError, match=r"label_space\.json: the key 'wm' appears twice"):
+        read_label_space(path)
+    (tmp_path / "label_space.json").write_text('{"labels": {"background": 0}, "label_sets": {"x": {"id": 3, "members": [0, 7]}}}')
+    with pytest.raises(ValueError, match=r"label_space\.json: "):
+        read_label_space(path)
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
         ("id,image,protocol\na,data/a_img.nii.gz,full\n", r"m\.csv: missing column\(s\) \['label'\]"),
-        ("id,image,label,protocol\na,data/a_img.nii.gz,data/a_lab.nii.gz,half\n", r"m\.csv:2: unknown protocol 'half'"),
         (
             "id,image,label,protocol\na,data/a_img.nii.gz,data/a_lab.nii.gz,full\nb,data/nope.nii.gz,data/a_lab.nii.gz,full\n",
             r"m\.csv:3: image file .*nope\.nii\.gz not found",
@@ -171,7 +188,7 @@ def test_feta_reader_maps_labels(tmp_path, cohort):
     files = feta_cases(tmp_path)
     assert [f.id for f in files] == ["sub-001_rec-mial", "sub-041_rec-irtk"]
     assert [f.id for f in feta_cases(tmp_path, reconstruction="irtk")] == ["sub-041_rec-irtk"]
-    case = load_cases(files[:1])[0]
+    case = load_cases(files[:1], space=FETAL_BRAIN)[0]
     expected = cohort[0].full_labels.copy()
     expected[expected == 8] = 1
     np.testing.assert_array_equal(case.labels, expected)
@@ -183,7 +200,7 @@ def test_feta_errors(tmp_path, cohort):
         feta_cases(tmp_path)
     make_feta(tmp_path, [("sub-002", "mial")], cohort)
     with pytest.raises(ValueError, match=r"unmapped|no entry"):
-        feta_cases(tmp_path, label_mapping={0: 0, 1: 4})[0].load()
+        feta_cases(tmp_path, label_mapping={0: 0, 1: 4})[0].load(space=FETAL_BRAIN)
     (tmp_path / "sub-002" / "anat" / "sub-002_rec-mial_dseg.nii.gz").unlink()
     with pytest.raises(ValueError, match=r"sub-002_rec-mial_T2w\.nii\.gz: no segmentation"):
         feta_cases(tmp_path)

@@ -19,7 +19,7 @@ from labelset_jax.data import (
     sample_patch_centre,
     zscore,
 )
-from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS
+from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS, LabelSpace
 
 ALWAYS = AugmentConfig(flip_prob=1.0, zoom_prob=1.0, noise_prob=1.0, contrast_prob=1.0, gamma_prob=1.0)
 
@@ -157,3 +157,19 @@ def test_uniform_centres_keep_the_patch_inside():
         start = c - 7.5
         assert np.all(start >= 0) and np.all(start + 16 <= np.array([20, 30, 40]))
         assert np.allclose(start, np.round(start))
+
+
+def test_patches_are_centred_on_certain_foreground_only():
+    """The ignore label and a set that holds the background may be background: the foreground index
+    of a label space leaves them out; a set without the background is foreground."""
+    space = LabelSpace.from_superset_map(3, {3: [1, 2], 4: [0, 2], 5: [0, 1, 2]}, ignore_id=5)
+    assert space.foreground_ids == (1, 2, 3)
+    labels = np.zeros((6, 6, 6), np.int32)
+    labels[0], labels[1], labels[2], labels[3], labels[4] = 1, 3, 4, 5, 2
+    assert sorted(foreground_index(labels)) == [1, 2, 3, 4, 5]  # without a space: every id but 0
+    index = foreground_index(labels, foreground_ids=space.foreground_ids)
+    assert sorted(index) == [1, 2, 3]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        centre = sample_patch_centre(labels.shape, (1, 1, 1), rng, foreground_prob=1.0, fg_index=index)
+        assert labels[tuple(centre.astype(int))] in (1, 2, 3)

@@ -143,6 +143,25 @@ def test_startup_summary_names_sources_spacing_and_sets():
     assert "set_11={cortical_gm, deep_gm, brainstem}" in lines[3]
 
 
+def test_a_manifest_folder_trains_with_the_label_space_it_declares(tmp_path):
+    """A cohort written as NIfTI files + manifest.csv + label_space.json is a data source: the space
+    and what each case annotates come from the folder, the validation cases are fully annotated."""
+    from labelset_jax import data as data_lib
+
+    cohort = data_lib.phantom_cohort({"full": 2, "wm_vent_cereb": 2}, shape=(24, 24, 24))
+    manifest = data_lib.write_cohort(tmp_path / "cohort", cohort)
+    config = tiny(default.get_config())
+    config.data = ml_collections.ConfigDict(dict(name="manifest", manifest=str(manifest), num_val=1, augment=False,
+                                                 foreground_prob=0.5, prefetch=0, label_transform="none"))
+    datasets = input_pipeline.create_datasets(config.data, seed=0)
+    assert datasets.label_space == cohort.space
+    assert [c.is_full for c in datasets.val] == [True] and len(datasets.train) == 3
+    assert {c.annotated for c in datasets.train if not c.is_full} == {(0, 1, 2, 3)}
+    (tmp_path / "cohort" / "label_space.json").unlink()
+    with pytest.raises(ValueError, match=r"cohort/label_space\.json: missing"):
+        input_pipeline.create_datasets(config.data, seed=0)
+
+
 def test_load_trained_reads_without_writing(tmp_path):
     config = tiny(default.get_config(), num_steps=1, eval_every=0, checkpoint_every=1)
     train.train_and_evaluate(config, tmp_path / "run")
@@ -161,8 +180,8 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_where_to_resume(tmp_path, monkeypa
     config = tiny(default.get_config(), num_steps=4, eval_every=0, checkpoint_every=2)
     real = input_pipeline.create_loader
 
-    def interrupting_loader(cfg, cases):
-        loader = real(cfg, cases)
+    def interrupting_loader(cfg, cases, space):
+        loader = real(cfg, cases, space)
         count = {"n": 0}
         original_next = type(loader).__next__
 
@@ -253,7 +272,7 @@ def test_deep_supervision_loss_weighs_the_heads_and_trains_the_auxiliary_head():
     config.model.num_levels = 3
     config.model.deep_supervision = True
     datasets = input_pipeline.create_datasets(config.data, seed=0)
-    images, labels = input_pipeline.create_loader(config, datasets.train).batch(0)
+    images, labels = input_pipeline.create_loader(config, datasets.train, datasets.label_space).batch(0)
     model = create_model(config.model, num_classes=datasets.label_space.num_classes, rngs=nnx.Rngs(0))
     loss_fn = train.make_loss_fn(config, datasets.label_space)
 

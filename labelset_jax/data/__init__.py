@@ -26,6 +26,7 @@ from labelset_jax.data.case import Case, choose_validation
 from labelset_jax.data.datasets import (
     FETA_LABELS,
     FETA_TO_FETAL_BRAIN,
+    LABEL_SPACE_FILE,
     MANIFEST_COLUMNS,
     CaseFile,
     Cohort,
@@ -33,6 +34,7 @@ from labelset_jax.data.datasets import (
     load_cases,
     phantom_cohort,
     read_cohort,
+    read_label_space,
     read_manifest,
     write_cohort,
     write_manifest,
@@ -95,7 +97,8 @@ __all__ = [
     "noise_free_case",
     # datasets
     "CaseFile", "Cohort", "phantom_cohort", "write_cohort", "read_cohort", "read_manifest",
-    "write_manifest", "load_cases", "feta_cases", "FETA_LABELS", "FETA_TO_FETAL_BRAIN", "MANIFEST_COLUMNS",
+    "write_manifest", "read_label_space", "load_cases", "feta_cases", "FETA_LABELS", "FETA_TO_FETAL_BRAIN",
+    "MANIFEST_COLUMNS", "LABEL_SPACE_FILE",
     # transforms
     "AugmentConfig", "brain_mask", "zscore", "normalize_image", "foreground_index", "sample_patch_centre",
     "extract_patch", "random_flip", "random_zoom", "augment_intensity", "augment_patch",

@@ -1,19 +1,23 @@
 """Cases, cohorts with partial annotations, CSV manifests and the FeTA 2021 layout.
 
-* :class:`CaseFile`: a case on disk, not loaded yet (a manifest row: its id and protocol, and the
-  paths of its files); :meth:`CaseFile.load` checks and loads it into a
-  :class:`~labelset_jax.data.case.Case`.
+* :class:`CaseFile`: a case on disk, not loaded yet (a manifest row: its id, the name of its
+  annotation protocol, and the paths of its files); :meth:`CaseFile.load` checks and loads it into
+  a :class:`~labelset_jax.data.case.Case` of a given label space.
 * :func:`phantom_cohort`: phantom cases annotated under the protocols of the reference study
   (docs/theory.md §4), e.g. a few full atlases and many partial ones; :func:`write_cohort` /
-  :func:`read_cohort` store a cohort as NIfTI files plus a ``manifest.csv``.
+  :func:`read_cohort` store a cohort as NIfTI files plus a ``manifest.csv`` and the
+  ``label_space.json`` of its label space.
 * :func:`read_manifest` / :func:`write_manifest`: the CSV manifest ``id,image,label,protocol``
-  (paths relative to the CSV's folder) describing any folder of NIfTI pairs.
+  (paths relative to the CSV's folder) describing any folder of NIfTI pairs; the folder's
+  ``label_space.json`` (:meth:`~labelset_jax.labelsets.LabelSpace.to_json`) says what the ids mean
+  (:func:`read_label_space`).
 * :func:`feta_cases`: the FeTA 2021 data set, labels mapped onto
   :data:`~labelset_jax.labelsets.FETAL_BRAIN`.
 
 Partial label maps are stored *already partial*: a case under the protocol ``wm_vent_cereb``
-holds ids ``0, 1, 2, 3`` and the set id ``9``. Loading checks that a label map only holds the ids
-its protocol can produce.
+holds ids ``0, 1, 2, 3`` and the set id ``9``. What a case annotates comes from its label map, by
+the rule of every data source (:meth:`~labelset_jax.labelsets.LabelSpace.annotation`); the
+protocol is a name for reports, and ``full`` (the default) declares a map with no label set.
 
 >>> cohort = phantom_cohort({"full": 1, "wm_vent_cereb": 1}, shape=(32, 32, 32))
 >>> [(case.id, case.protocol) for case in cohort]
@@ -37,6 +41,7 @@ import numpy as np
 from labelset_jax import files
 from labelset_jax.data.case import Case
 from labelset_jax.data.nifti import load_case, load_labels, save_nifti
+from labelset_jax.data.nnunet import read_json
 from labelset_jax.data.phantoms import make_phantom, phantom_affine, phantom_spacing
 from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS, AnnotationProtocol, LabelSpace, validate_labels
 
@@ -48,6 +53,8 @@ __all__ = [
     "read_cohort",
     "read_manifest",
     "write_manifest",
+    "read_label_space",
+    "LABEL_SPACE_FILE",
     "load_cases",
     "feta_cases",
     "FETA_LABELS",
@@ -74,6 +81,10 @@ FETA_LABELS = {
 #: (``FETAL_BRAIN.with_set([1, 8])``) to treat FeTA's white matter as a partial annotation.
 FETA_TO_FETAL_BRAIN: dict[int, int] = {0: 0, 1: 4, 2: 5, 3: 1, 4: 2, 5: 3, 6: 6, 7: 7}
 
+#: The file that declares a label space (``LabelSpace.to_json``): next to a manifest, in a cohort
+#: folder, and in a run's workdir.
+LABEL_SPACE_FILE = "label_space.json"
+
 #: Columns of a manifest; ``protocol`` may be left out (every case is then ``full``).
 MANIFEST_COLUMNS = ("id", "image", "label", "protocol")
 _REQUIRED_COLUMNS = ("id", "image", "label")
@@ -89,7 +100,7 @@ class CaseFile:
       id: the case name.
       image_path: the image NIfTI file.
       label_path: the label NIfTI file.
-      protocol: the annotation protocol's name.
+      protocol: the annotation protocol's name (``"full"``: a label map without label sets).
       full_label_path: optional full segmentation (phantom cohorts), for evaluation.
       label_mapping: optional ``{file label: label id}`` applied when loading (e.g. FeTA's).
       source: where the case was described (``"manifest.csv:4"``), for error messages.
@@ -103,19 +114,15 @@ class CaseFile:
     label_mapping: Mapping[int, int] | None = None
     source: str = ""
 
-    def load(
-        self,
-        *,
-        protocols: Mapping[str, AnnotationProtocol] = FETAL_BRAIN_PROTOCOLS,
-        canonical: bool = False,
-        atol: float = 1e-3,
-    ) -> Case:
+    def load(self, *, space: LabelSpace, canonical: bool = False, atol: float = 1e-3) -> Case:
         """Loads and checks the case (see :func:`~labelset_jax.data.nifti.load_case`).
 
+        What the case annotates comes from its label map
+        (:meth:`~labelset_jax.labelsets.LabelSpace.annotation`), as for every data source.
+
         Args:
-          protocols: the known protocols by name; ``protocols[self.protocol].space`` is the label
-            space, and the label map may only hold ids the protocol produces (its annotated
-            leaves and its set id).
+          space: the label space of the label maps (from the data: :func:`read_label_space`, FeTA's
+            :data:`~labelset_jax.labelsets.FETAL_BRAIN`; or from a trained run).
           canonical: reorient to RAS+.
           atol: affine tolerance between image and labels.
 
@@ -123,28 +130,27 @@ class CaseFile:
           A :class:`Case`.
 
         Raises:
-          ValueError: any file error (naming the file), an unknown protocol, unmapped label values,
-            or label ids the protocol cannot produce.
+          ValueError: any file error (naming the file), unmapped label values, label ids the space
+            does not know, or a case declared ``full`` whose map holds a label set or the ignore label.
         """
-        where = f"{self.source}: " if self.source else ""
-        if self.protocol not in protocols:
-            raise ValueError(f"{where}unknown protocol {self.protocol!r} (known: {sorted(protocols)})")
-        protocol = protocols[self.protocol]
-        space = None if self.label_mapping else protocol.space
         image, labels, affine, spacing = load_case(
-            self.image_path, self.label_path, space=space, atol=atol, canonical=canonical
-        )
+            self.image_path, self.label_path, space=None if self.label_mapping else space, atol=atol,
+            canonical=canonical)
         if self.label_mapping:
             labels = _map_labels(labels, self.label_mapping, what=str(self.label_path))
-            validate_labels(labels, protocol.space, what=str(self.label_path))
-        _check_protocol(labels, protocol, what=str(self.label_path))
-        full = None
+            validate_labels(labels, space, what=str(self.label_path))
+        annotated, _, full = space.annotation(np.unique(labels).tolist())
+        if self.protocol == "full" and not full:
+            where = f" ({self.source})" if self.source else ""
+            raise ValueError(f"{self.label_path}: the case is declared 'full'{where} but its label map holds label-set "
+                             f"or ignore ids; name its protocol (any name but 'full')")
+        full_labels = None
         if self.full_label_path is not None:
-            full, full_affine, _ = load_labels(self.full_label_path, canonical=canonical, space=protocol.space)
-            if full.shape != labels.shape or np.max(np.abs(full_affine - affine)) > atol:
+            full_labels, full_affine, _ = load_labels(self.full_label_path, canonical=canonical, space=space)
+            if full_labels.shape != labels.shape or np.max(np.abs(full_affine - affine)) > atol:
                 raise ValueError(f"{self.full_label_path}: shape or affine differs from {self.label_path}")
-        return Case(self.id, image, labels, spacing, self.protocol, affine, full,
-                    annotated=None if protocol.is_full else protocol.annotated)
+        return Case(self.id, image, labels, spacing, self.protocol, affine, full_labels,
+                    annotated=None if full else annotated)
 
 
 def _map_labels(labels: np.ndarray, mapping: Mapping[int, int], *, what: str) -> np.ndarray:
@@ -158,21 +164,6 @@ def _map_labels(labels: np.ndarray, mapping: Mapping[int, int], *, what: str) ->
     for v in values:
         lut[v - low] = int(mapping[v])
     return lut[labels - low]
-
-
-def _allowed_ids(protocol: AnnotationProtocol) -> np.ndarray:
-    if protocol.is_full:
-        return np.arange(protocol.space.num_classes)
-    return np.array(sorted(protocol.annotated) + [protocol.set_id])
-
-
-def _check_protocol(labels: np.ndarray, protocol: AnnotationProtocol, *, what: str) -> None:
-    bad = np.setdiff1d(np.unique(labels), _allowed_ids(protocol))
-    if bad.size:
-        raise ValueError(
-            f"{what}: label id(s) {bad.tolist()} cannot occur under protocol {protocol.name!r} "
-            f"(allowed: {_allowed_ids(protocol).tolist()})"
-        )
 
 
 def load_cases(files: Iterable[CaseFile], **kwargs) -> list[Case]:
@@ -191,7 +182,7 @@ class Cohort:
     """
 
     cases: list[Case]
-    space: LabelSpace = FETAL_BRAIN
+    space: LabelSpace
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -235,7 +226,8 @@ def phantom_cohort(
       first_seed: the seed of the first case.
       shape: phantom shape.
       spacing: voxel size in mm (default :func:`~labelset_jax.data.phantoms.phantom_spacing`).
-      protocol_table: the protocols by name.
+      protocol_table: the protocols by name (default the phantoms' own: the fetal-brain protocols
+        of docs/theory.md §4).
       keep_full: keep the full segmentation in ``Case.full_labels`` (for evaluation).
       abnormal: ``{protocol name: number of its cases that are abnormal}`` (the last ones of that
         protocol), e.g. ``{"full": 0, "wm_vent_cereb": 2}``; default none.
@@ -269,18 +261,19 @@ def phantom_cohort(
     return Cohort(cases, space)
 
 
-def write_cohort(directory: str | os.PathLike, cases: Iterable[Case], *, overwrite: bool = False) -> Path:
-    """Writes cases as NIfTI files plus ``manifest.csv``, atomically.
+def write_cohort(directory: str | os.PathLike, cohort: Cohort, *, overwrite: bool = False) -> Path:
+    """Writes a cohort as NIfTI files, ``manifest.csv`` and ``label_space.json``, atomically.
 
     Everything is written into a temporary folder next to ``directory``, then renamed: readers
     see either no cohort or a complete one. Layout: ``images/<id>.nii.gz`` (float32),
     ``labels/<id>.nii.gz`` (int32, partial where the protocol is), ``full_labels/<id>.nii.gz``
-    when the case has a full segmentation, and ``manifest.csv`` with the columns
-    ``id,image,label,protocol`` (and ``full_label`` when any case has one).
+    when the case has a full segmentation, ``manifest.csv`` with the columns
+    ``id,image,label,protocol`` (and ``full_label`` when any case has one), and the cohort's label
+    space in ``label_space.json``.
 
     Args:
       directory: the cohort folder to create.
-      cases: the :class:`Case` records (e.g. a :class:`Cohort`).
+      cohort: the :class:`Cohort` (its cases and label space).
       overwrite: replace an existing folder.
 
     Returns:
@@ -290,7 +283,7 @@ def write_cohort(directory: str | os.PathLike, cases: Iterable[Case], *, overwri
       ValueError: the folder exists (without ``overwrite``) or two cases share an id.
     """
     directory = Path(directory)
-    cases = list(cases)
+    cases = list(cohort.cases)
     ids = [c.id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -308,46 +301,56 @@ def write_cohort(directory: str | os.PathLike, cases: Iterable[Case], *, overwri
                 save_nifti(full_path, np.asarray(case.full_labels, np.int32), case.affine)
             entries.append(CaseFile(case.id, image_path, label_path, case.protocol, full_path))
         write_manifest(tmp / "manifest.csv", entries)
+        files.write_json(tmp / LABEL_SPACE_FILE, cohort.space.to_json())
     return directory / "manifest.csv"
 
 
-def read_cohort(
-    directory: str | os.PathLike,
-    *,
-    protocols: Mapping[str, AnnotationProtocol] = FETAL_BRAIN_PROTOCOLS,
-    canonical: bool = False,
-) -> Cohort:
-    """Loads a cohort written by :func:`write_cohort` (or any folder with a ``manifest.csv``)."""
-    files = read_manifest(Path(directory) / "manifest.csv", protocols=protocols)
-    cases = load_cases(files, protocols=protocols, canonical=canonical)
-    spaces = {protocols[f.protocol].space for f in files}
-    space = max(spaces, key=lambda s: s.num_ids) if spaces else FETAL_BRAIN
-    return Cohort(cases, space)
+def read_label_space(manifest: str | os.PathLike) -> LabelSpace:
+    """The label space of a manifest's label maps: ``label_space.json`` in the manifest's folder
+    (:meth:`~labelset_jax.labelsets.LabelSpace.to_json`, the file a run and :func:`write_cohort`
+    write).
+
+    Raises:
+      ValueError: the file is missing or not a label space (the message names it).
+    """
+    path = Path(manifest).parent / LABEL_SPACE_FILE
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; a manifest's folder declares what its label ids mean in {LABEL_SPACE_FILE} "
+                         '(e.g. {"labels": {"background": 0, "wm": 1, ...}, "label_sets": {...}}, as a run writes it)')
+    spec = read_json(path)  # its errors name the file
+    try:
+        return LabelSpace.from_json(spec)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def read_cohort(directory: str | os.PathLike, *, canonical: bool = False) -> Cohort:
+    """Loads a cohort written by :func:`write_cohort` (or any folder with a ``manifest.csv`` and a
+    ``label_space.json``)."""
+    manifest = Path(directory) / "manifest.csv"
+    rows = read_manifest(manifest)
+    space = read_label_space(manifest)
+    return Cohort(load_cases(rows, space=space, canonical=canonical), space)
 
 
 # ---------------------------------------------------------------------------------- manifests
-def read_manifest(
-    path: str | os.PathLike,
-    *,
-    protocols: Mapping[str, AnnotationProtocol] | None = FETAL_BRAIN_PROTOCOLS,
-    check_files: bool = True,
-) -> list[CaseFile]:
+def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> list[CaseFile]:
     """Reads a CSV manifest ``id,image,label[,protocol][,full_label]`` into :class:`CaseFile` s.
 
     Relative paths are relative to the CSV's folder. Extra columns are ignored; a missing
-    ``protocol`` column or an empty cell means ``full``.
+    ``protocol`` column or an empty cell means ``full``; any other name is a partially annotated
+    case (loading reads what it annotates from its label map).
 
     Args:
       path: the CSV file.
-      protocols: the known protocols by name (``None`` skips the check).
       check_files: check that the image and label files exist.
 
     Returns:
       The cases in file order (nothing is loaded).
 
     Raises:
-      ValueError: missing file, missing column, empty or duplicate id, unknown protocol, or a
-        missing image/label file; the message names the CSV file and line.
+      ValueError: missing file, missing column, empty or duplicate id, or a missing image/label
+        file; the message names the CSV file and line.
     """
     path = Path(path)
     if not path.is_file():
@@ -371,8 +374,6 @@ def read_manifest(
                 raise ValueError(f"{where}: duplicate id {case_id!r} (first on line {seen[case_id]})")
             seen[case_id] = reader.line_num
             protocol = row.get("protocol") or "full"
-            if protocols is not None and protocol not in protocols:
-                raise ValueError(f"{where}: unknown protocol {protocol!r} (known: {sorted(protocols)})")
             paths = {}
             for column in ("image", "label", "full_label"):
                 value = row.get(column, "")
@@ -456,7 +457,7 @@ def feta_cases(
         is an error naming the file.
 
     Returns:
-      :class:`CaseFile` records sorted by id (``sub-XXX_rec-YYY``); call ``.load()``.
+      :class:`CaseFile` records sorted by id (``sub-XXX_rec-YYY``); call ``.load(space=FETAL_BRAIN)``.
 
     Raises:
       ValueError: ``root`` is not a folder, has no FeTA image, or an image has no segmentation.

@@ -85,7 +85,7 @@ class Loader:
       seed: a non-negative integer; the batches are a pure function of ``(seed, step)``.
       augment: ``True`` for the default :class:`~labelset_jax.data.transforms.AugmentConfig`, an
         ``AugmentConfig``, or ``False`` for plain random patches.
-      foreground_prob: probability of centring a patch on a random non-background label id.
+      foreground_prob: probability of centring a patch on a random foreground label id.
       prefetch: number of batches computed ahead in the background thread (0: no thread, batches
         are computed in ``next()``).
       process_index: this process's index ``i`` (``jax.process_index()``).
@@ -94,6 +94,9 @@ class Loader:
       intensity: per-channel dataset statistics for :func:`~labelset_jax.data.transforms.normalize_image`
         (CT channels), or ``None``.
       space: when given, every label map is checked to hold ids of this label space.
+      foreground_ids: the label ids patches are centred on with ``foreground_prob``; default the
+        ``space``'s :attr:`~labelset_jax.labelsets.LabelSpace.foreground_ids` (sets that may be
+        background, such as the ignore label, excluded), or every id but 0 without a ``space``.
       full_fraction: the fraction of the samples drawn from the fully annotated cases
         (``Case.is_full``), the others from the rest; ``None`` (default) samples all cases uniformly.
         Ignored when either group is empty.
@@ -117,6 +120,7 @@ class Loader:
         normalize: bool = True,
         intensity: Sequence[dict | None] | None = None,
         space: LabelSpace | None = None,
+        foreground_ids: Sequence[int] | None = None,
         full_fraction: float | None = None,
     ):
         if len(cases) == 0:
@@ -148,6 +152,8 @@ class Loader:
         self.process_index, self.process_count = int(process_index), int(process_count)
         self.local_batch_size = self.batch_size // self.process_count
 
+        if foreground_ids is None and space is not None:
+            foreground_ids = space.foreground_ids
         self._images, self._labels, self._fg = [], [], []
         self.num_channels = cases[0].num_channels if cases else 1
         for k, case in enumerate(cases):
@@ -161,7 +167,8 @@ class Loader:
                      else np.asarray(case.image, np.float32))
             self._images.append(image)
             self._labels.append(labels)
-            self._fg.append(foreground_index(labels, seed=k) if foreground_prob > 0 else None)
+            self._fg.append(foreground_index(labels, seed=k, foreground_ids=foreground_ids)
+                            if foreground_prob > 0 else None)
 
         full = [k for k, case in enumerate(cases) if case.is_full]
         rest = [k for k, case in enumerate(cases) if not case.is_full]

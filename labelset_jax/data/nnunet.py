@@ -26,7 +26,8 @@ True
 
 **What a case annotates.** A case whose label map uses a label set ``A`` (other than the ignore
 label or another set of every leaf) did not delineate the leaves of ``A``: its *annotated leaves*
-are the leaves in no such set (:attr:`DatasetCase.annotated`), and it is scored only on those. The
+are the leaves in no such set (:attr:`DatasetCase.annotated`; the one rule of every data source,
+:meth:`~labelset_jax.labelsets.LabelSpace.annotation`), and it is scored only on those. The
 ignore label marks voxels whose label is unknown; it does not make a leaf unannotated. A case with
 neither a label set nor the ignore label is *fully annotated*.
 
@@ -250,16 +251,9 @@ class NnunetDataset:
 
 
     def protocol_name(self, case: DatasetCase) -> str:
-        """A name for what ``case`` annotates: ``"full"``; else its annotated leaves joined by
-        ``+`` (``"all"`` when it annotates every leaf), with ``+ignore`` when it uses the ignore
-        label, e.g. ``"background+wm"`` or ``"all+ignore"``."""
-        if case.is_full:
-            return "full"
-        if case.annotated == tuple(range(self.space.num_classes)):
-            name = "all"
-        else:
-            name = "+".join(self.space.names[c] for c in case.annotated)
-        return name + ("+ignore" if case.has_ignore else "")
+        """A name for what ``case`` annotates (:meth:`~labelset_jax.labelsets.LabelSpace.annotation_name`),
+        e.g. ``"full"``, ``"background+wm"`` or ``"all+ignore"``."""
+        return self.space.annotation_name(case.annotated, has_ignore=case.has_ignore)
 
     def load_case(self, case: DatasetCase | str) -> Case:
         """Loads a labelled case as the library's :class:`~labelset_jax.data.Case` (image
@@ -400,22 +394,6 @@ def _check_case(case_id: str, channel_files: Mapping[int, Path], label_path: Pat
             raise DatasetError(
                 f"{path}: affine differs from that of {files[0].name} by up to {diff:.4g} (tolerance {atol})")
     return shape, affine
-
-
-def _annotation(values: Sequence[int], space: LabelSpace) -> tuple[tuple[int, ...], bool, bool]:
-    """``(annotated leaves, has_ignore, fully annotated)`` of a label map holding ``values``."""
-    everything = tuple(range(space.num_classes))
-    unannotated: set[int] = set()
-    has_ignore = space.ignore_id is not None and space.ignore_id in values
-    uses_set = False
-    for v in values:
-        if v >= space.num_classes and v != space.ignore_id:
-            members = space.leaves_of(v)
-            if members != everything:
-                unannotated.update(members)
-            uses_set = True
-    annotated = tuple(c for c in everything if c not in unannotated)
-    return annotated, has_ignore, not uses_set and not has_ignore
 
 
 def _label_values(path: Path, space: LabelSpace) -> tuple[int, ...]:
@@ -568,7 +546,7 @@ def read_dataset(root: str | os.PathLike, *, atol: float = 1e-3) -> NnunetDatase
         if label_path is None:
             return DatasetCase(case_id, paths, None, shape, affine, source=source)
         values = _label_values(label_path, space)
-        annotated, has_ignore, full = _annotation(values, space)
+        annotated, has_ignore, full = space.annotation(values)
         return DatasetCase(case_id, paths, label_path, shape, affine, values, annotated, has_ignore, full, source)
 
     training = tuple(make(i, images[i], labels[i], *checked[i]) for i in sorted(labels))

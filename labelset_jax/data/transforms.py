@@ -193,15 +193,23 @@ def ct_statistics(images: Iterable[np.ndarray], labels: Iterable[np.ndarray], *,
 
 # ---------------------------------------------------------------------------------- patches
 def foreground_index(
-    labels: np.ndarray, *, max_per_label: int = 10_000, seed: int = 0
+    labels: np.ndarray, *, max_per_label: int = 10_000, seed: int = 0, foreground_ids: Sequence[int] | None = None
 ) -> dict[int, np.ndarray]:
-    """Voxel coordinates of every non-background label id, for foreground-biased patch sampling.
+    """Voxel coordinates of every foreground label id, for foreground-biased patch sampling.
 
     At most ``max_per_label`` coordinates are kept per id (a fixed random subset), as nnU-Net does,
     to bound the memory on large volumes.
 
+    Args:
+      labels: a label map.
+      max_per_label: the most coordinates kept per id.
+      seed: the seed of the subsets.
+      foreground_ids: the ids that count as foreground
+        (:attr:`~labelset_jax.labelsets.LabelSpace.foreground_ids`: not a label set that may be
+        background, such as the ignore label); ``None``: every id other than 0.
+
     Returns:
-      ``{label id: int32 [n, 3] voxel coordinates}`` for every id other than 0 present.
+      ``{label id: int32 [n, 3] voxel coordinates}`` for every foreground id present.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
@@ -210,8 +218,9 @@ def foreground_index(
     ids, starts = np.unique(flat[order], return_index=True)
     bounds = list(starts[1:]) + [flat.size]
     index = {}
+    keep = None if foreground_ids is None else {int(i) for i in foreground_ids}
     for label_id, start, stop in zip(ids.tolist(), starts.tolist(), bounds):
-        if label_id == 0:
+        if label_id == 0 or (keep is not None and label_id not in keep):
             continue
         chosen = order[start:stop]
         if chosen.size > max_per_label:
@@ -237,7 +246,7 @@ def sample_patch_centre(
     """A random patch centre (float voxel coordinates).
 
     With probability ``foreground_prob`` (and a non-empty ``fg_index``) the centre is a random
-    voxel of a random non-background label id (ids drawn uniformly, so small structures are seen
+    voxel of a random foreground label id (ids drawn uniformly, so small structures are seen
     as often as large ones); otherwise it is uniform over the positions where the patch fits in
     the volume. The centre is then moved so that the patch stays inside the volume when it fits.
     Without zoom the patch starts on an integer voxel (a plain slice).
