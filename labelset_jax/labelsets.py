@@ -591,8 +591,9 @@ class LabelSpace:
         return f"LabelSpace(C={self.num_classes}, names={list(self.names)}, sets={{{sets}}}, ignore_id={self.ignore_id})"
 
 
-def validate_labels(labels: Any, space: LabelSpace | int, *, what: str = "labels") -> None:
-    """Checks on the host that an integer label map holds only ids of ``space``.
+def validate_labels(labels: Any, space: LabelSpace | int, *, what: str = "labels") -> np.ndarray:
+    """Checks on the host that an integer label map holds only ids of ``space``: the one label-id
+    check of the library (data readers, the loader, :func:`labelset_jax.losses.validate`).
 
     Call it on concrete arrays before training or evaluation (not inside ``jax.jit``: it reads the
     values).
@@ -602,14 +603,18 @@ def validate_labels(labels: Any, space: LabelSpace | int, *, what: str = "labels
       space: a :class:`LabelSpace`, or a number of classes for full segmentations.
       what: how to name the array in the error (e.g. a file name).
 
+    Returns:
+      The sorted distinct ids, int64.
+
     Raises:
       ValueError: non-integer dtype, or values that name no leaf or set; the message lists them.
 
-    >>> validate_labels(np.array([0, 1, 4]), LabelSpace.from_superset_map(4, {4: [2, 3]}))
+    >>> validate_labels(np.array([0, 1, 4, 1]), LabelSpace.from_superset_map(4, {4: [2, 3]})).tolist()
+    [0, 1, 4]
     >>> validate_labels(np.array([0, 7, -1]), 4)
     Traceback (most recent call last):
     ...
-    ValueError: labels hold label id(s) [-1, 7] not in the label space (valid: 0..3)
+    ValueError: labels: label value(s) [-1, 7] are neither a leaf, a label set nor the ignore label (leaves 0..3)
     """
     if isinstance(space, (int, np.integer)):
         space = LabelSpace.leaves(int(space))
@@ -621,10 +626,17 @@ def validate_labels(labels: Any, space: LabelSpace | int, *, what: str = "labels
     ok[ok] = space.valid_ids[values[ok]]
     bad = values[~ok]
     if bad.size:
-        shown = bad[:20].tolist()
-        more = f" and {bad.size - 20} more" if bad.size > 20 else ""
-        valid = f"0..{space.num_classes - 1}" + "".join(f", {i}" for i in space.set_ids)
-        raise ValueError(f"{what} hold label id(s) {shown}{more} not in the label space (valid: {valid})")
+        shown = bad[:10].tolist()
+        more = f" and {bad.size - 10} more" if bad.size > 10 else ""
+        valid = f"leaves 0..{space.num_classes - 1}"
+        sets = [i for i in space.set_ids if i != space.ignore_id]
+        if sets:
+            valid += f", label sets {sets}"
+        if space.ignore_id is not None:
+            valid += f", ignore {space.ignore_id}"
+        raise ValueError(f"{what}: label value(s) {shown}{more} are neither a leaf, a label set nor the ignore "
+                         f"label ({valid})")
+    return values
 
 
 @dataclasses.dataclass(frozen=True)

@@ -170,7 +170,7 @@ def test_bad_arguments(cases):
     with pytest.raises(ValueError, match="at least one"):
         Loader([], batch_size=1, patch_size=PATCH, seed=0)
     bad = [Case("bad_case", np.zeros((8, 8, 8)), np.full((8, 8, 8), 42, np.int32), (1, 1, 1))]
-    with pytest.raises(ValueError, match=r"bad_case hold label id\(s\) \[42\]"):
+    with pytest.raises(ValueError, match=r"bad_case: label value\(s\) \[42\] are neither"):
         Loader(bad, batch_size=1, patch_size=PATCH, seed=0, space=FETAL_BRAIN)
 
 

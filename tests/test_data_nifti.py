@@ -140,7 +140,7 @@ def test_labels_outside_space(tmp_path):
     labels = np.zeros((6, 7, 5), np.int32)
     labels[0, 0, 0], labels[1, 1, 1] = 12, -1
     image_path, label_path = write_pair(tmp_path, labels=labels)
-    with pytest.raises(ValueError, match=r"lab\.nii\.gz hold label id\(s\) \[-1, 12\]"):
+    with pytest.raises(ValueError, match=r"lab\.nii\.gz: label value\(s\) \[-1, 12\] are neither"):
         load_case(image_path, label_path, space=FETAL_BRAIN)
 
 

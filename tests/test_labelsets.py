@@ -128,7 +128,7 @@ def test_with_ignore_and_with_set():
 
 
 def test_validate_labels_messages():
-    with pytest.raises(ValueError, match=r"case_7.nii.gz hold label id\(s\) \[12, 40\]"):
+    with pytest.raises(ValueError, match=r"case_7.nii.gz: label value\(s\) \[12, 40\] are neither"):
         validate_labels(np.array([[0, 12], [40, 9]]), FETAL_BRAIN, what="case_7.nii.gz")
     with pytest.raises(ValueError, match="integer label map"):
         validate_labels(np.array([0.5]), FETAL_BRAIN)

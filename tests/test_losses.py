@@ -589,7 +589,7 @@ def test_classical_losses_exclude_ids_that_are_not_leaves():
         assert float(jnp.abs(grad[labels >= 5]).max()) == 0.0 and float(jnp.abs(grad[labels < 0]).max()) == 0.0
     with pytest.raises(ValueError, match="label-set id"):
         losses.validate(labels.clip(0, 7), label_space=SPACE, classical=True)
-    with pytest.raises(ValueError, match=r"label id\(s\) \[-3, 42\]"):
+    with pytest.raises(ValueError, match=r"label value\(s\) \[-3, 42\] are neither"):
         losses.validate(labels, label_space=SPACE)
     losses.validate(labels.clip(0, 7), label_space=SPACE)  # set ids are fine for a label-set loss
 

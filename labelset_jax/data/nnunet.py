@@ -64,7 +64,7 @@ import numpy as np
 from labelset_jax import files
 from labelset_jax.data.case import Case, choose_validation
 from labelset_jax.data.nifti import check_finite, load_header, load_labels, load_nifti, save_nifti, spacing_of
-from labelset_jax.labelsets import LabelSpace
+from labelset_jax.labelsets import LabelSpace, validate_labels
 
 __all__ = [
     "DatasetError",
@@ -399,19 +399,9 @@ def _check_case(case_id: str, channel_files: Mapping[int, Path], label_path: Pat
 def _label_values(path: Path, space: LabelSpace) -> tuple[int, ...]:
     try:
         labels, _, _ = load_labels(path)
+        values = validate_labels(labels, space, what=str(path))
     except ValueError as e:
         raise DatasetError(str(e)) from e
-    values = np.unique(labels).tolist()
-    bad = [v for v in values if not (0 <= v < space.num_ids and space.valid_ids[v])]
-    if bad:
-        valid = f"leaves 0..{space.num_classes - 1}"
-        sets = [i for i in space.set_ids if i != space.ignore_id]
-        if sets:
-            valid += f", label sets {sets}"
-        if space.ignore_id is not None:
-            valid += f", ignore {space.ignore_id}"
-        raise DatasetError(
-            f"{path}: label value(s) {bad[:10]} are neither a leaf, a label set nor the ignore label ({valid})")
     return tuple(int(v) for v in values)
 
 

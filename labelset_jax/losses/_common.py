@@ -101,9 +101,8 @@ def validate(labels: Any, *, label_space: LabelSpace | None = None, num_classes:
       ValueError: ids the space does not know, or (``classical``) ids that are not leaves.
     """
     space = label_space if label_space is not None else LabelSpace.leaves(int(num_classes))
-    validate_labels(labels, space, what=what)
+    values = validate_labels(labels, space, what=what)
     if classical:
-        values = np.unique(np.asarray(labels))
         bad = values[values >= space.num_classes]
         if bad.size:
             raise ValueError(f"{what} hold label-set id(s) {bad[:10].tolist()}, which a classical loss excludes; "
