@@ -110,7 +110,7 @@ def _nnunet_cases(data: ml_collections.ConfigDict, *, train: bool = True) -> tup
     (every file checked first), in the common frame; the target spacing and the number of cases
     changed to reach it."""
     load_train = train
-    dataset = nnunet.read_dataset(_nnunet_path(data))
+    dataset = nnunet.read_dataset(_nnunet_path(data), keep_labels=train)  # training loads every map: read each once
     spacing = target_spacing(data, dataset)
     train, val = dataset.split(fold=int(data.get("fold", 0)), num_val=int(data.get("num_val", -1)),
                                seed=int(data.get("split_seed", 0)))

@@ -78,6 +78,22 @@ def test_reading_the_mni_dataset(mni_dataset):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~_umask(), path
 
 
+def test_a_dataset_read_for_training_reads_each_label_map_once(mni_dataset, tmp_path):
+    """keep_labels=True keeps the maps the check read: loading then needs no label file."""
+    root, written = mni_dataset
+    copy = tmp_path / "Dataset001_MNI"
+    shutil.copytree(root, copy)
+    dataset = read_dataset(copy, keep_labels=True)
+    assert all(c.labels is not None for c in dataset.training) and dataset.test[0].labels is None
+    for path in (copy / "labelsTr").iterdir():
+        path.unlink()
+    for case in dataset.training:
+        labels = dataset.load(case)[1]
+        assert labels.dtype == np.int32
+        np.testing.assert_array_equal(labels, written[case.id])
+    assert read_dataset(root).training[0].labels is None  # by default the check keeps nothing
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

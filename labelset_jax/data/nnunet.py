@@ -125,6 +125,8 @@ class DatasetCase:
       is_full: labelled, with neither a label set (sets of every leaf aside) nor the ignore label.
       source: the source dataset of a merged dataset's case (``dataset.json``'s ``case_sources``,
         written by :func:`labelset_jax.data.merge.merge_datasets`), else ``""``.
+      labels: the label map the check read, kept (in its smallest integer type) when
+        :func:`read_dataset` was asked to, so that loading the case does not read it again.
     """
 
     id: str
@@ -137,6 +139,7 @@ class DatasetCase:
     has_ignore: bool = False
     is_full: bool = False
     source: str = ""
+    labels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -242,7 +245,9 @@ class NnunetDataset:
                 raise DatasetError(str(e)) from e
             channels.append(image)
         labels = None
-        if case.label_path is not None:
+        if case.labels is not None:  # read and checked by read_dataset(keep_labels=True)
+            labels = case.labels.astype(np.int32)
+        elif case.label_path is not None:
             try:
                 labels, _, _ = load_labels(case.label_path, space=self.space)
             except ValueError as e:
@@ -396,13 +401,14 @@ def _check_case(case_id: str, channel_files: Mapping[int, Path], label_path: Pat
     return shape, affine
 
 
-def _label_values(path: Path, space: LabelSpace) -> tuple[int, ...]:
+def _label_values(path: Path, space: LabelSpace) -> tuple[tuple[int, ...], np.ndarray]:
+    """The ids of a label map (checked against ``space``), and the map in its smallest integer type."""
     try:
         labels, _, _ = load_labels(path)
         values = validate_labels(labels, space, what=str(path))
     except ValueError as e:
         raise DatasetError(str(e)) from e
-    return tuple(int(v) for v in values)
+    return tuple(int(v) for v in values), labels.astype(_label_dtype(labels), copy=False)
 
 
 def _read_splits(root: Path, case_ids: Sequence[str]) -> tuple[tuple | None, Path | None]:
@@ -464,12 +470,15 @@ def read_label_space(root: str | os.PathLike) -> LabelSpace:
     return label_space_from_json(spec, where=str(json_path))
 
 
-def read_dataset(root: str | os.PathLike, *, atol: float = 1e-3) -> NnunetDataset:
+def read_dataset(root: str | os.PathLike, *, atol: float = 1e-3, keep_labels: bool = False) -> NnunetDataset:
     """Reads and checks a dataset folder (see the module docstring); loads no image.
 
     Args:
       root: the ``DatasetXXX_Name`` folder.
       atol: the largest difference allowed between the affines of a case's files.
+      keep_labels: keep each training case's label map, which the check reads anyway, in
+        :attr:`DatasetCase.labels` (for a caller that loads every case next: each map is then read
+        once); the test cases' maps are never kept.
 
     Returns:
       :class:`NnunetDataset`.
@@ -530,16 +539,17 @@ def read_dataset(root: str | os.PathLike, *, atol: float = 1e-3) -> NnunetDatase
     if not isinstance(sources, Mapping) or not all(isinstance(v, str) for v in sources.values()):
         raise DatasetError(f"{json_path}: case_sources must map case ids to source names, got {sources!r}")
 
-    def make(case_id, channel_files, label_path, shape, affine):
+    def make(case_id, channel_files, label_path, shape, affine, keep=False):
         paths = tuple(channel_files[k] for k in range(num_channels))
         source = sources.get(case_id, "")
         if label_path is None:
             return DatasetCase(case_id, paths, None, shape, affine, source=source)
-        values = _label_values(label_path, space)
+        values, label_map = _label_values(label_path, space)
         annotated, has_ignore, full = space.annotation(values)
-        return DatasetCase(case_id, paths, label_path, shape, affine, values, annotated, has_ignore, full, source)
+        return DatasetCase(case_id, paths, label_path, shape, affine, values, annotated, has_ignore, full, source,
+                           label_map if keep else None)
 
-    training = tuple(make(i, images[i], labels[i], *checked[i]) for i in sorted(labels))
+    training = tuple(make(i, images[i], labels[i], *checked[i], keep=keep_labels) for i in sorted(labels))
     test = tuple(make(i, test_images[i], test_labels.get(i), *test_checked[i]) for i in sorted(test_images))
     name = spec.get("name") or root.name
     return NnunetDataset(root, str(name), space, channel_names, ending, training, test, splits, splits_path)
