@@ -2,7 +2,7 @@
 
 A small 3D U-Net learns the 9 tissues of docs/theory.md §4 from a cohort in which 4 of the 10 training
 volumes are fully segmented; the others follow the three partial protocols of the
-reference study (sets 9, 10, 11). Sized to finish in about a minute on 2 CPU cores (53 s measured on 2026-12-04).
+reference study (sets 9, 10, 11). Sized to finish in about a minute on 2 CPU cores (55 s measured on 2026-12-05).
 
     python -m experiments.main --config=configs/default.py --workdir=runs/default
 """
