@@ -65,7 +65,7 @@ def main(argv):
         elif _SPLIT.value == "test":
             cases = input_pipeline.create_test_cases(config.data)
         else:
-            cases = input_pipeline.create_datasets(config.data, seed=config.seed, train=False).val
+            cases = input_pipeline.run_validation_cases(config, workdirs[0])
         settings = EvalSettings.from_config(config)
         if _TTA.value is not None:
             settings = settings._replace(tta=_TTA.value)

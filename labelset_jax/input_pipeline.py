@@ -33,7 +33,10 @@ function, :func:`~labelset_jax.data.normalize_image`.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import ml_collections
@@ -44,6 +47,9 @@ from labelset_jax.data import Case, nnunet, resample, transforms
 from labelset_jax.labelsets import FETAL_BRAIN, LabelSpace
 
 VAL_SEED_OFFSET = 100_000  # validation cases never share a seed with training cases
+
+#: The case ids a run trained and validated on, in its workdir (``{"train": [...], "val": [...]}``).
+SPLIT_FILE = "split.json"
 
 
 @dataclasses.dataclass
@@ -105,15 +111,22 @@ def to_common_frame(case: Case, spacing: Sequence[float]) -> tuple[Case, bool]:
                                spacing=frame.spacing, affine=frame.affine), True
 
 
-def _nnunet_cases(data: ml_collections.ConfigDict, *, train: bool = True) -> tuple[list[Case], list[Case], tuple, int]:
+def _nnunet_cases(data: ml_collections.ConfigDict, *, train: bool = True, val_ids: Sequence[str] | None = None
+                  ) -> tuple[list[Case], list[Case], tuple, int]:
     """The training (unless ``train=False``) and validation cases of an nnU-Net dataset folder
     (every file checked first), in the common frame; the target spacing and the number of cases
-    changed to reach it."""
+    changed to reach it. With ``val_ids`` (and ``train=False``), the validation cases are those,
+    and only their files are read."""
     load_train = train
-    dataset = nnunet.read_dataset(_nnunet_path(data), keep_labels=train)  # training loads every map: read each once
+    if val_ids is not None and not train and data.get("spacing"):
+        dataset = nnunet.read_dataset(_nnunet_path(data), training_ids=val_ids, with_test=False)
+        by_id = {c.id: c for c in dataset.training}
+        train, val = [], [by_id[i] for i in val_ids]
+    else:
+        dataset = nnunet.read_dataset(_nnunet_path(data), keep_labels=train)  # training loads every map: read each once
+        train, val = dataset.split(fold=int(data.get("fold", 0)), num_val=int(data.get("num_val", -1)),
+                                   seed=int(data.get("split_seed", 0)))
     spacing = target_spacing(data, dataset)
-    train, val = dataset.split(fold=int(data.get("fold", 0)), num_val=int(data.get("num_val", -1)),
-                               seed=int(data.get("split_seed", 0)))
     sources = list(data.get("sources") or [])  # train on these sources of a merged dataset only
     if sources:
         known = sorted({c.source for c in dataset.training} - {""})
@@ -133,6 +146,20 @@ def _nnunet_cases(data: ml_collections.ConfigDict, *, train: bool = True) -> tup
     return out[0], out[1], spacing, changed
 
 
+def split_record(datasets: Datasets) -> dict[str, list[str]]:
+    """What a run writes to :data:`SPLIT_FILE`: the ids of its training and validation cases."""
+    return {"train": [c.id for c in datasets.train], "val": [c.id for c in datasets.val]}
+
+
+def run_validation_cases(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[Case]:
+    """The validation cases of a trained run: the ones its :data:`SPLIT_FILE` records (of an
+    nnU-Net folder or a manifest, only their files are read), else the draw of
+    :func:`create_datasets` (a run saved before it recorded its split)."""
+    path = Path(workdir) / SPLIT_FILE
+    val_ids = json.loads(path.read_text())["val"] if path.exists() else None
+    return create_datasets(config.data, seed=config.seed, train=False, val_ids=val_ids).val
+
+
 def create_test_cases(data: ml_collections.ConfigDict) -> list[Case]:
     """The labelled held-out cases of an nnU-Net dataset: ``imagesTs`` images that have a
     ``labelsTs`` file (checked, then loaded).
@@ -143,7 +170,8 @@ def create_test_cases(data: ml_collections.ConfigDict) -> list[Case]:
     if data.get("name") != "nnunet":
         raise ValueError(f"held-out test cases come from an nnU-Net dataset's imagesTs/labelsTs; this run's data "
                          f"are {data.get('name')!r} (pass --manifest instead)")
-    dataset = nnunet.read_dataset(_nnunet_path(data))
+    # a run's config holds its spacing: then no training case need be read
+    dataset = nnunet.read_dataset(_nnunet_path(data), training_ids=() if data.get("spacing") else None)
     labelled = [case for case in dataset.test if case.label_path is not None]
     if not labelled:
         raise ValueError(f"{dataset.root}: no labelled test case (imagesTs/ images with labelsTs/ label files)")
@@ -180,11 +208,14 @@ def _synthetic_cases(data: ml_collections.ConfigDict, first_seed: int, count: in
     return [_GENERATORS[data.generator](first_seed + i, shape=tuple(data.shape), **kwargs) for i in range(count)]
 
 
-def create_datasets(data: ml_collections.ConfigDict, *, seed: int, train: bool = True) -> Datasets:
+def create_datasets(data: ml_collections.ConfigDict, *, seed: int, train: bool = True,
+                    val_ids: Sequence[str] | None = None) -> Datasets:
     """Builds the training and validation cases of ``config.data``.
 
     With ``train=False`` only the validation cases are built (``Datasets.train`` is empty): what
-    evaluation and the run report score, without reading or generating the training set.
+    evaluation and the run report score, without reading or generating the training set. With
+    ``val_ids`` too (the validation cases a run recorded, :func:`run_validation_cases`), an nnU-Net
+    folder or a manifest reads only those cases' files.
 
     The generated cases (phantoms, MNI, synthetic) are a function of ``config.data.seed`` when it
     is set (a data seed, so that runs with different ``seed`` share their data), else of ``seed``.
@@ -224,7 +255,7 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int, train: bool =
         train_cases = _synthetic_cases(data, first, data.num_train) if train else []
         val_cases = _synthetic_cases(data, first + VAL_SEED_OFFSET, data.num_val)
     elif name == "nnunet":
-        train_cases, val_cases, spacing, resampled = _nnunet_cases(data, train=train)
+        train_cases, val_cases, spacing, resampled = _nnunet_cases(data, train=train, val_ids=val_ids)
     elif name in ("feta", "manifest"):
         if name == "feta":
             if not data.get("root"):
@@ -234,16 +265,24 @@ def create_datasets(data: ml_collections.ConfigDict, *, seed: int, train: bool =
             if not data.get("manifest"):
                 raise ValueError("config.data.manifest must name a CSV manifest")
             files = data_lib.read_manifest(data.manifest)
-        num_val = int(data.num_val)
-        if len(files) <= num_val:
-            raise ValueError(f"{len(files)} cases found, need more than config.data.num_val={num_val}")
-        full = [f.protocol == "full" for f in files]
-        if 0 < sum(full) < num_val:
-            raise ValueError(f"{num_val} validation case(s) requested but only {sum(full)} case(s) are fully "
-                             f"segmented; lower config.data.num_val")
-        chosen = data_lib.choose_validation([f.id for f in files], full, num_val, seed=seed)
-        val_cases = data_lib.load_cases([f for f in files if f.id in chosen], space=space) if chosen else []
-        train_cases = data_lib.load_cases([f for f in files if f.id not in chosen], space=space) if train else []
+        if val_ids is not None and not train:  # the run's recorded validation cases, and only they are read
+            by_id = {f.id: f for f in files}
+            missing = [i for i in val_ids if i not in by_id]
+            if missing:
+                raise ValueError(f"{data.get('manifest') or data.get('root')}: no case {missing[0]!r} "
+                                 "(a validation case the run recorded)")
+            train_cases, val_cases = [], data_lib.load_cases([by_id[i] for i in val_ids], space=space)
+        else:
+            num_val = int(data.num_val)
+            if len(files) <= num_val:
+                raise ValueError(f"{len(files)} cases found, need more than config.data.num_val={num_val}")
+            full = [f.protocol == "full" for f in files]
+            if 0 < sum(full) < num_val:
+                raise ValueError(f"{num_val} validation case(s) requested but only {sum(full)} case(s) are fully "
+                                 f"segmented; lower config.data.num_val")
+            chosen = data_lib.choose_validation([f.id for f in files], full, num_val, seed=seed)
+            val_cases = data_lib.load_cases([f for f in files if f.id in chosen], space=space) if chosen else []
+            train_cases = data_lib.load_cases([f for f in files if f.id not in chosen], space=space) if train else []
     else:
         raise ValueError(f"unknown config.data.name {name!r}")
     if train:

@@ -89,7 +89,7 @@ def write_run_report(workdir: str | os.PathLike, *, num_cases: int | None = None
     workdir = Path(workdir)
     model = train.load_trained(workdir)
     config, space = model.config, model.label_space
-    cases = input_pipeline.create_datasets(config.data, seed=config.seed, train=False).val
+    cases = input_pipeline.run_validation_cases(config, workdir)
     cases = cases[:num_cases] if num_cases else cases
 
     def first_case_slices(case, prediction, row):

@@ -424,6 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 logging.info("Resuming with changed settings (logged to %s): %s", HISTORY_FILE,
                              ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changed.items()))
             files.write_json(workdir / LABEL_SPACE_FILE, label_space.to_json())
+            files.write_json(workdir / input_pipeline.SPLIT_FILE, input_pipeline.split_record(datasets))
             files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
         ckpt = checkpoints.Checkpointer(workdir, keep=config.get("keep_checkpoints", 2))
         start = 0

@@ -245,6 +245,29 @@ def mni_dataset(tmp_path_factory):
     return root
 
 
+def test_evaluation_reads_only_the_validation_cases_a_run_recorded(mni_dataset, tmp_path):
+    from configs import dataset
+    from labelset_jax import input_pipeline
+    from labelset_jax.data.nnunet import DatasetError, read_dataset
+
+    copy = tmp_path / "Dataset001_MNI"
+    shutil.copytree(mni_dataset, copy)
+    for case in ("mni_000", "mni_001", "mni_003"):  # training cases only: their label maps are broken
+        (copy / "labelsTr" / f"{case}.nii.gz").write_bytes(b"not a NIfTI file")
+    with pytest.raises(DatasetError, match="mni_000"):
+        read_dataset(copy)  # the full check reads every label map
+    config = dataset.get_config(str(copy))
+    config.data.spacing = (8.0, 8.0, 8.0)  # as a run's config holds it
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "split.json").write_text(json.dumps({"train": ["mni_000"], "val": ["mni_004", "mni_002"]}))
+    cases = input_pipeline.run_validation_cases(config, tmp_path / "run")
+    assert [c.id for c in cases] == ["mni_004", "mni_002"]
+    assert [c.id for c in input_pipeline.create_test_cases(config.data)] == ["mni_test_000"]
+    (tmp_path / "run" / "split.json").write_text(json.dumps({"train": [], "val": ["mni_009"]}))
+    with pytest.raises(DatasetError, match="no case 'mni_009'"):
+        input_pipeline.run_validation_cases(config, tmp_path / "run")
+
+
 def test_nnunet_dataset_trains_predicts_and_evaluates_end_to_end(mni_dataset, tmp_path):
     workdir = tmp_path / "run"
     out = run("experiments.main", f"--config=configs/dataset.py:{mni_dataset}", f"--workdir={workdir}",
@@ -278,6 +301,8 @@ def test_nnunet_dataset_trains_predicts_and_evaluates_end_to_end(mni_dataset, tm
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "eval" / "per_case.csv"))}
     assert set(rows) == {"mni_002", "mni_004"}
+    assert json.loads((workdir / "split.json").read_text()) == {"train": ["mni_000", "mni_001", "mni_003"],
+                                                                "val": ["mni_002", "mni_004"]}
     wm_only, ignore = rows["mni_002"], rows["mni_004"]
     assert wm_only["protocol"] == "background+wm" and ignore["protocol"] == "all+ignore"
     assert wm_only["dice_csf"] == wm_only["dice_gm"] == wm_only["dvol_soft_gm"] == "nan"  # not annotated

@@ -157,6 +157,11 @@ def test_a_manifest_folder_trains_with_the_label_space_it_declares(tmp_path):
     assert datasets.label_space == cohort.space
     assert [c.is_full for c in datasets.val] == [True] and len(datasets.train) == 3
     assert {c.annotated for c in datasets.train if not c.is_full} == {(0, 1, 2, 3)}
+    # a run's recorded validation cases: only they are loaded
+    only = input_pipeline.create_datasets(config.data, seed=0, train=False, val_ids=["phantom_0003"])
+    assert [c.id for c in only.val] == ["phantom_0003"] and only.train == []
+    with pytest.raises(ValueError, match="no case 'nope'"):
+        input_pipeline.create_datasets(config.data, seed=0, train=False, val_ids=["nope"])
     (tmp_path / "cohort" / "label_space.json").unlink()
     with pytest.raises(ValueError, match=r"cohort/label_space\.json: missing"):
         input_pipeline.create_datasets(config.data, seed=0)

@@ -55,7 +55,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -470,7 +470,8 @@ def read_label_space(root: str | os.PathLike) -> LabelSpace:
     return label_space_from_json(spec, where=str(json_path))
 
 
-def read_dataset(root: str | os.PathLike, *, atol: float = 1e-3, keep_labels: bool = False) -> NnunetDataset:
+def read_dataset(root: str | os.PathLike, *, atol: float = 1e-3, keep_labels: bool = False,
+                 training_ids: Collection[str] | None = None, with_test: bool = True) -> NnunetDataset:
     """Reads and checks a dataset folder (see the module docstring); loads no image.
 
     Args:
@@ -479,6 +480,10 @@ def read_dataset(root: str | os.PathLike, *, atol: float = 1e-3, keep_labels: bo
       keep_labels: keep each training case's label map, which the check reads anyway, in
         :attr:`DatasetCase.labels` (for a caller that loads every case next: each map is then read
         once); the test cases' maps are never kept.
+      training_ids: check and list only these training cases (``None``: all), e.g. the validation
+        cases a run recorded, for a caller that scores only them: the other cases' files are not
+        read (their names are still listed, for ``numTraining`` and the split file).
+      with_test: check and list the ``imagesTs`` cases.
 
     Returns:
       :class:`NnunetDataset`.
@@ -521,20 +526,26 @@ def read_dataset(root: str | os.PathLike, *, atol: float = 1e-3, keep_labels: bo
     if not labels:
         raise DatasetError(f"{labels_dir}: no case ending {ending}{_count_other_endings(labels_dir, ending)}")
 
+    listed = sorted(labels)
+    if training_ids is not None:
+        unknown = [i for i in training_ids if i not in labels]
+        if unknown:
+            raise DatasetError(f"{labels_dir}: no case {unknown[0]!r} (a case the run recorded)")
+        labels = {i: labels[i] for i in labels if i in set(training_ids)}
     num_channels = len(channel_names)
     checked = {}
     for case_id in sorted(labels):
         checked[case_id] = _check_case(case_id, images[case_id], labels[case_id], num_channels, images_dir, ending,
                                        atol)
-    test_images = _list_cases(root / "imagesTs", ending, channels=True)
-    test_labels = _list_cases(root / "labelsTs", ending, channels=False)
+    test_images = _list_cases(root / "imagesTs", ending, channels=True) if with_test else {}
+    test_labels = _list_cases(root / "labelsTs", ending, channels=False) if with_test else {}
     test_checked = {}
     for case_id in sorted(test_images):
         test_checked[case_id] = _check_case(case_id, test_images[case_id], test_labels.get(case_id), num_channels,
                                             root / "imagesTs", ending, atol)
     for case_id in sorted(set(test_labels) - set(test_images)):
         raise DatasetError(f"{test_labels[case_id]}: a test label file without its image in imagesTs")
-    splits, splits_path = _read_splits(root, sorted(labels))
+    splits, splits_path = _read_splits(root, listed)
     sources = spec.get("case_sources", {})
     if not isinstance(sources, Mapping) or not all(isinstance(v, str) for v in sources.values()):
         raise DatasetError(f"{json_path}: case_sources must map case ids to source names, got {sources!r}")
