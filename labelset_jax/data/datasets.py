@@ -133,13 +133,11 @@ class CaseFile:
           ValueError: any file error (naming the file), unmapped label values, label ids the space
             does not know, or a case declared ``full`` whose map holds a label set or the ignore label.
         """
-        image, labels, affine, spacing = load_case(
-            self.image_path, self.label_path, space=None if self.label_mapping else space, atol=atol,
-            canonical=canonical)
+        image, labels, affine, spacing = load_case(self.image_path, self.label_path, space=None, atol=atol,
+                                                   canonical=canonical)
         if self.label_mapping:
             labels = _map_labels(labels, self.label_mapping, what=str(self.label_path))
-            validate_labels(labels, space, what=str(self.label_path))
-        annotated, _, full = space.annotation(np.unique(labels).tolist())
+        annotated, _, full = space.annotation(validate_labels(labels, space, what=str(self.label_path)).tolist())
         if self.protocol == "full" and not full:
             where = f" ({self.source})" if self.source else ""
             raise ValueError(f"{self.label_path}: the case is declared 'full'{where} but its label map holds label-set "

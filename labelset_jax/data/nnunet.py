@@ -482,7 +482,8 @@ def read_dataset(root: str | os.PathLike, *, atol: float = 1e-3, keep_labels: bo
         once); the test cases' maps are never kept.
       training_ids: check and list only these training cases (``None``: all), e.g. the validation
         cases a run recorded, for a caller that scores only them: the other cases' files are not
-        read (their names are still listed, for ``numTraining`` and the split file).
+        read (their names are still listed, for ``numTraining`` and the split file), and
+        :meth:`NnunetDataset.split` would draw from these cases only.
       with_test: check and list the ``imagesTs`` cases.
 
     Returns:
