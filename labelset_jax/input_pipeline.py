@@ -128,7 +128,7 @@ def _nnunet_cases(data: ml_collections.ConfigDict, *, train: bool = True, val_id
                                    seed=int(data.get("split_seed", 0)))
     spacing = target_spacing(data, dataset)
     sources = list(data.get("sources") or [])  # train on these sources of a merged dataset only
-    if sources:
+    if sources and load_train:
         known = sorted({c.source for c in dataset.training} - {""})
         unknown = [s for s in sources if s not in known]
         if unknown:
