@@ -41,7 +41,7 @@ import numpy as np
 from labelset_jax import files
 from labelset_jax.data.case import Case
 from labelset_jax.data.nifti import load_case, load_labels, save_nifti
-from labelset_jax.data.nnunet import read_json
+from labelset_jax.data.nnunet import label_space_from_json, read_json
 from labelset_jax.data.phantoms import make_phantom, phantom_affine, phantom_spacing
 from labelset_jax.labelsets import FETAL_BRAIN, FETAL_BRAIN_PROTOCOLS, AnnotationProtocol, LabelSpace, validate_labels
 
@@ -315,11 +315,7 @@ def read_label_space(manifest: str | os.PathLike) -> LabelSpace:
     if not path.is_file():
         raise ValueError(f"{path}: missing; a manifest's folder declares what its label ids mean in {LABEL_SPACE_FILE} "
                          '(e.g. {"labels": {"background": 0, "wm": 1, ...}, "label_sets": {...}}, as a run writes it)')
-    spec = read_json(path)  # its errors name the file
-    try:
-        return LabelSpace.from_json(spec)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+    return label_space_from_json(read_json(path), where=str(path))  # errors name the file
 
 
 def read_cohort(directory: str | os.PathLike, *, canonical: bool = False) -> Cohort:
