@@ -55,7 +55,7 @@ def folded_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
     the output depth joins the batch, so XLA sees a 2-D convolution (and its gradients, 2-D
     convolutions too). With depth stride 1 the forward pass uses the first form instead, with the
     taps as ``k_d · F`` output channels of one 2-D convolution over every padded depth slice,
-    summed over the shifted slices (about twice as fast on CPU); its gradients are the stacked
+    summed over the shifted slices (forward 1.2-2x faster on CPU); its gradients are the stacked
     form's. A ``1³`` kernel with stride 1 is a matrix product over the channels.
     Anything else (other ranks or layouts, dilations, feature groups) goes to
     ``jax.lax.conv_general_dilated`` unchanged. From ``dots_min_features`` output channels on, the
@@ -118,9 +118,9 @@ def _taps_in(x, w, strides, pads, precision, dots_min_features):
 def _taps_out(x, w, strides, pads, precision, dots_min_features):
     r"""Depth stride 1, forward: the depth taps as output channels. One 2-D convolution ``C → k_d·F``
     over every padded depth slice gives ``z[b, d, t] = conv2d(x̃[b, d], w[t])``, and
-    ``y[b, i] = Σ_t z[b, i + t, t]``. Forward about twice as fast on CPU as :func:`_taps_in` (it
+    ``y[b, i] = Σ_t z[b, i + t, t]``. Forward 1.2-2x faster on CPU than :func:`_taps_in` (it
     writes ``k_d·F`` channels instead of copying ``k_d·C``); the gradients are :func:`_taps_in`'s,
-    faster than those of this form (benchmarks/RESULTS.md)."""
+    faster than this form's own in the wide layers (benchmarks/RESULTS.md)."""
     batch, _, height, width, channels = x.shape
     k_d, k_h, k_w, _, features = w.shape
     x = jnp.pad(x, [(0, 0), pads[0], (0, 0), (0, 0), (0, 0)])
