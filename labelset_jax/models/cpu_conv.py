@@ -5,9 +5,8 @@ hands 2-D convolutions to a library (YNNPACK). :func:`folded_conv_general_dilate
 ``k³`` convolution as one 2-D convolution over ``(H, W)`` with the depth folded into the batch: in
 the forward pass of a depth-stride-1 convolution the ``k`` depth taps are its output channels
 (summed over shifted depth slices afterwards), in the gradients and for depth strides they are
-stacked on its input channels; a ``1³`` convolution is a matrix product, and for wide layers, and
-for layers whose input is at least twice as wide as their output, the kernel gradient is a sum of
-matrix products. On CPU this makes a training step several
+stacked on its input channels; a ``1³`` convolution is a matrix product, and for wide layers the
+kernel gradient is a sum of matrix products. On CPU this makes a training step several
 times faster (benchmarks/RESULTS.md); GPU libraries have 3-D convolutions, and there the model
 keeps ``jax.lax.conv_general_dilated``. :func:`labelset_jax.models.create_model` is the one place
 that chooses (``config.model.conv_impl``).
@@ -59,10 +58,9 @@ def folded_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
     summed over the shifted slices (forward 1.2-2x faster on CPU); its gradients are the stacked
     form's. A ``1³`` kernel with stride 1 is a matrix product over the channels.
     Anything else (other ranks or layouts, dilations, feature groups) goes to
-    ``jax.lax.conv_general_dilated`` unchanged. From ``dots_min_features`` output channels on, and
-    wherever the input is at least twice as wide as the output with ``(H, W)`` strides 1 (the
-    decoder's concatenations), the kernel gradient is a sum of matrix products (``_conv2d``) rather
-    than XLA's transposed convolution.
+    ``jax.lax.conv_general_dilated`` unchanged. From ``dots_min_features`` output channels on, the
+    kernel gradient is a sum of matrix products (``_conv2d``) rather than XLA's transposed
+    convolution.
 
     >>> import jax, jax.numpy as jnp, numpy as np
     >>> x = jax.random.normal(jax.random.key(0), (1, 6, 5, 4, 2))
@@ -112,10 +110,7 @@ def _taps_in(x, w, strides, pads, precision, dots_min_features):
     x = jnp.concatenate(taps, axis=-1) if k_d > 1 else taps[0]
     x = x.reshape(batch * out_depth, height, width, k_d * channels)
     kernel = jnp.moveaxis(w, 0, 2).reshape(k_h, k_w, k_d * channels, features)
-    # The kernel gradient shifts the output gradient rather than the input where the input is at
-    # least twice as wide as the output (the decoder's concatenations), see _conv2d.
-    shift_output = strides[1:] == (1, 1) and channels >= 2 * features
-    y = _conv2d(x, kernel, strides[1:], pads[1:], precision, dots_min_features, shift_output)
+    y = _conv2d(x, kernel, strides[1:], pads[1:], precision, dots_min_features)
     return y.reshape(batch, out_depth, *y.shape[1:])
 
 
@@ -154,29 +149,24 @@ def _conv2d_nhwc(x, kernel, strides, pads, precision):
                                         precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv2d(x, kernel, strides, pads, precision, dots_min_features, shift_output=False):
-    r"""A 2-D channels-last convolution whose kernel gradient is a sum of matrix products. With
-    ``shift_output`` (stride 1, an input at least twice as wide as the output) it shifts the output
-    gradient (:func:`_kernel_grad_shifted_output`); otherwise, from ``dots_min_features`` output
-    channels on, the inputs: with ``x̃`` the padded input and ``g`` the output gradient,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv2d(x, kernel, strides, pads, precision, dots_min_features):
+    r"""A 2-D channels-last convolution whose kernel gradient, for wide layers, is a sum of matrix
+    products over the shifted inputs: with ``x̃`` the padded input and ``g`` the output gradient,
 
     .. math:: \partial w[i, j] = \sum_{n, h, w} \tilde x[n, s_h h + i, s_w w + j]^\top\, g[n, h, w]
 
     (XLA writes it as a convolution with the whole image as its window, which its CPU backend
-    runs several times slower for these shapes; it keeps narrower layers)."""
+    runs several times slower for these shapes)."""
     return _conv2d_nhwc(x, kernel, strides, pads, precision)
 
 
-def _conv2d_fwd(x, kernel, strides, pads, precision, dots_min_features, shift_output):
+def _conv2d_fwd(x, kernel, strides, pads, precision, dots_min_features):
     return _conv2d_nhwc(x, kernel, strides, pads, precision), (x, kernel)
 
 
-def _conv2d_bwd(strides, pads, precision, dots_min_features, shift_output, residuals, g):
+def _conv2d_bwd(strides, pads, precision, dots_min_features, residuals, g):
     x, kernel = residuals
-    if shift_output:
-        _, vjp_x = jax.vjp(lambda x: _conv2d_nhwc(x, kernel, strides, pads, precision), x)
-        return vjp_x(g)[0], _kernel_grad_shifted_output(x, g, kernel.shape, pads, precision).astype(kernel.dtype)
     if kernel.shape[-1] < dots_min_features:
         _, vjp = jax.vjp(lambda x, k: _conv2d_nhwc(x, k, strides, pads, precision), x, kernel)
         return vjp(g)
@@ -203,34 +193,3 @@ def _conv2d_bwd(strides, pads, precision, dots_min_features, shift_output, resid
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
-
-
-def _kernel_grad_shifted_output(x, g, kernel_shape, pads, precision):
-    r"""The kernel gradient of a stride-1 :func:`_conv2d` with the output gradient shifted instead of
-    the input: with ``g̃`` the output gradient padded so that ``g̃[n, h + k_h - 1 - i, w + k_w - 1 - j]
-    = g[n, h + p_h - i, w + p_w - j]`` (zero outside ``g``),
-
-    .. math:: \partial w[i, j] = \sum_{n, h, w} x[n, h, w]^\top\, \tilde g[n, h + k_h - 1 - i, w + k_w - 1 - j]
-
-    over the input's own positions (the padding contributes nothing), one matrix product per kernel
-    row ``i`` against the ``k_w`` shifted gradients side by side. It copies ``k_h · k_w · F`` channels
-    where shifting the input copies ``k_h · k_w · C``. Measured on CPU for the decoder's layers (a 3-D
-    layer's input twice as wide as its output): the kernel gradient alone 1.4-2.3x faster, a whole
-    layer's forward and backward 1.1-1.7x at 8³-64³; for 3-D layers with equal widths it was not
-    faster, so they keep the shifted inputs (benchmarks/RESULTS.md)."""
-    k_h, k_w, channels, features = kernel_shape
-    n, height, width, _ = x.shape
-    cfg = [(0, 0, 0)]
-    for size, out, (lo, _), k in zip((height, width), g.shape[1:3], pads, (k_h, k_w)):
-        cfg.append((k - 1 - lo, size - out + lo, 0))
-    shifted = jax.lax.optimization_barrier(jax.lax.pad(g, jnp.zeros((), g.dtype), cfg + [(0, 0, 0)]))
-    x = x.reshape(-1, channels)
-
-    def row(_, i):  # one kernel row at a time: k_w · F copied channels live, not k_h · k_w · F
-        rows = jax.lax.dynamic_slice_in_dim(shifted, k_h - 1 - i, height, axis=1)
-        side = jnp.concatenate([rows[:, :, k_w - 1 - j:k_w - 1 - j + width] for j in range(k_w)], axis=-1)
-        return None, jax.lax.dot_general(x, side.reshape(-1, k_w * features), (((0,), (0,)), ((), ())),
-                                         precision=precision, preferred_element_type=jnp.float32)
-
-    _, taps = jax.lax.scan(row, None, jnp.arange(k_h))
-    return taps.reshape(k_h, channels, k_w, features).transpose(0, 2, 1, 3)
