@@ -1,6 +1,6 @@
 """The merge study: one network from a healthy-atlas dataset and a lesion-cohort dataset, merged.
 
-    python -m experiments.merge_study --workdir=runs/merge_study --results=docs/results/merge_study
+    python -m experiments.merge_study --seeds=5 --workdir=runs/merge_study_6000 --results=docs/results/merge_study_6000
 
 ARG is ``METHOD`` or ``METHOD,SCALE``; the driver (``experiments/merge_study.py``) writes the
 datasets and sets ``config.data.path`` to the merged one. Every run goes through the ordinary
@@ -13,8 +13,8 @@ dataset path (``configs/dataset.py``). METHOD is one of:
   leaf_dice      leaf-Dice (label-set loss);
   leaf_dice_ce   leaf-Dice + marginal cross-entropy.
 
-SCALE is ``cpu`` (default: MNI152 brains at 4 mm, the study's 18 runs in 80 minutes on 2
-CPU cores) or ``smoke`` (seconds, for tests).
+SCALE is ``cpu`` (default: MNI152 brains at 4 mm, 3 run seeds, 6,000 steps: 7-10 minutes a run on
+2 CPU cores; the README's results are 5 run seeds, ``--seeds=5``) or ``smoke`` (seconds, for tests).
 """
 
 import ml_collections
